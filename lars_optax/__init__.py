@@ -1,0 +1,27 @@
+"""lars_optax: LARS (Layer-wise Adaptive Rate Scaling) as composable Optax transformations.
+
+Paper-exact by default (You, Gitman & Ginsburg 2017, Algorithm 1), with the variants other libraries use as
+options, bias/batch-norm masking by default, float32 norms under bf16, and per-layer trust-ratio diagnostics.
+"""
+
+from lars_optax._diagnostics import find_diagnostics, flatten_diagnostics, get_diagnostics
+from lars_optax._lars import LarsState, lars
+from lars_optax._masks import exclude_names, mask_table, print_mask_table, rank_mask
+from lars_optax._trust_ratio import ScaleByTrustRatioState, TrustRatioDiagnostics, scale_by_trust_ratio
+
+__version__ = "0.1.0"
+
+__all__ = [
+  "LarsState",
+  "ScaleByTrustRatioState",
+  "TrustRatioDiagnostics",
+  "exclude_names",
+  "find_diagnostics",
+  "flatten_diagnostics",
+  "get_diagnostics",
+  "lars",
+  "mask_table",
+  "print_mask_table",
+  "rank_mask",
+  "scale_by_trust_ratio",
+]

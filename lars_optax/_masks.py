@@ -1,0 +1,205 @@
+"""Which leaves LARS adapts: masks by rank or by name, resolved and checked against the parameters.
+
+A mask is a pytree of Python bools with the structure of the parameters: ``True`` where a leaf is *adapted*
+(weight decay and trust ratio, paper Algorithm 1) and ``False`` where it is *excluded* (plain momentum SGD, no
+weight decay). Biases and batch-norm scales/offsets are excluded by default, as in MLPerf's reference and in
+the paper's own Caffe setting, where they carry no weight decay.
+
+Stacked layers (``nn.scan``, ``vmap``-ed blocks) put several layers in one leaf behind leading axes; a
+``layer_axes`` count per leaf says how many leading axes index layers, so that norms are taken per slice and
+the rank test looks at the rank of one layer.
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+Params = Any
+MaskTree = Any
+Mask = MaskTree | Callable[[Params], MaskTree] | None
+LayerAxes = int | Any | Callable[[Params], Any] | None
+
+
+def path_to_str(path: Sequence[Any], separator: str = "/") -> str:
+  """Renders a pytree key path as ``"Conv_0/kernel"``.
+
+  Works for Flax linen dicts, NNX ``State`` (whose leaves sit behind a ``.value`` attribute that is dropped
+  here), lists, tuples and named tuples.
+  """
+  names = []
+  for key in path:
+    if isinstance(key, jax.tree_util.DictKey):
+      names.append(str(key.key))
+    elif isinstance(key, jax.tree_util.GetAttrKey):
+      if key.name != "value":
+        names.append(key.name)
+    elif isinstance(key, jax.tree_util.SequenceKey):
+      names.append(str(key.idx))
+    elif isinstance(key, jax.tree_util.FlattenedIndexKey):
+      names.append(str(key.key))
+    else:
+      names.append(str(key))
+  return separator.join(names)
+
+
+def _ndim(leaf: Any) -> int:
+  return len(np.shape(leaf))
+
+
+def resolve_layer_axes(layer_axes: LayerAxes, params: Params) -> Any:
+  """Returns a pytree of ints (leading layer axes per leaf) with the structure of ``params``.
+
+  Args:
+    layer_axes: ``None`` or an int (the same count for every leaf), a pytree of ints with the structure of
+      ``params``, or a callable mapping ``params`` to such a pytree.
+    params: the parameters.
+
+  Raises:
+    ValueError: when a count is negative, exceeds a leaf's rank, or the structure does not match.
+  """
+  if layer_axes is None:
+    layer_axes = 0
+  if callable(layer_axes):
+    layer_axes = layer_axes(params)
+  if isinstance(layer_axes, int | np.integer) and not isinstance(layer_axes, bool):
+    counts = jax.tree.map(lambda _: int(layer_axes), params)
+  else:
+    _check_same_structure("layer_axes", layer_axes, params)
+    counts = layer_axes
+  for path, (count, leaf) in _zip_with_path(counts, params):
+    if not isinstance(count, int | np.integer) or isinstance(count, bool):
+      raise TypeError(f"layer_axes at {path_to_str(path)!r} must be an int, got {count!r}.")
+    if not 0 <= count <= _ndim(leaf):
+      raise ValueError(
+        f"layer_axes at {path_to_str(path)!r} must be in [0, {_ndim(leaf)}] (the leaf's rank), "
+        f"got {count}."
+      )
+  return jax.tree.map(int, counts)
+
+
+def rank_mask(params: Params, *, layer_axes: LayerAxes = None) -> MaskTree:
+  """The default mask: a leaf is adapted when the rank of one layer is above 1.
+
+  With ``k`` leading layer axes, a leaf of rank ``r`` is adapted when ``r - k > 1``: kernels are adapted;
+  biases, batch-norm scales and offsets (rank 1, or ``(L, C)`` when stacked over ``L`` layers) are not.
+
+  Args:
+    params: the parameters (arrays or ``jax.ShapeDtypeStruct``).
+    layer_axes: leading layer axes, as in :func:`resolve_layer_axes`.
+
+  Returns:
+    A pytree of Python bools with the structure of ``params``.
+  """
+  counts = resolve_layer_axes(layer_axes, params)
+  return jax.tree.map(lambda leaf, count: _ndim(leaf) - count > 1, params, counts)
+
+
+def exclude_names(*substrings: str) -> Callable[[Params], MaskTree]:
+  """A mask that excludes every leaf whose path contains one of ``substrings``.
+
+  Paths are matched as strings like ``"ResNetBlock_0/BatchNorm_1/scale"``, so
+  ``exclude_names("bias", "scale", "BatchNorm")`` excludes biases, batch-norm parameters and any other
+  ``scale`` leaf, whatever their rank. Works on Flax linen dicts and NNX ``State`` alike.
+
+  Args:
+    *substrings: case-sensitive parts of a path that exclude a leaf.
+
+  Returns:
+    A callable mapping the parameters to a pytree of bools (``True`` = adapted).
+  """
+  if not substrings or not all(isinstance(s, str) and s for s in substrings):
+    raise ValueError(f"substrings must be one or more non-empty strings, got {substrings!r}.")
+
+  def mask_fn(params: Params) -> MaskTree:
+    return jax.tree_util.tree_map_with_path(
+      lambda path, _: not any(s in path_to_str(path) for s in substrings), params
+    )
+
+  return mask_fn
+
+
+def resolve_mask(mask: Mask, params: Params, layer_axes: LayerAxes = None) -> MaskTree:
+  """Turns ``mask`` into a checked pytree of Python bools with the structure of ``params``.
+
+  Args:
+    mask: ``None`` (the :func:`rank_mask` default), a pytree of bools, or a callable of the parameters.
+    params: the parameters.
+    layer_axes: leading layer axes, used by the default mask.
+
+  Raises:
+    ValueError: when the mask's structure does not match the parameters.
+    TypeError: when a mask leaf is not a concrete bool (a traced mask cannot select code paths).
+  """
+  if mask is None:
+    return rank_mask(params, layer_axes=layer_axes)
+  tree = mask(params) if callable(mask) else mask
+  _check_same_structure("mask", tree, params)
+  for path, (flag, _) in _zip_with_path(tree, params):
+    if not isinstance(flag, bool | np.bool_):
+      raise TypeError(
+        f"mask at {path_to_str(path)!r} must be a Python bool, got {type(flag).__name__}. "
+        "Masks select code paths, so they must be concrete."
+      )
+  return jax.tree.map(bool, tree)
+
+
+def mask_table(params: Params, mask: Mask = None, *, layer_axes: LayerAxes = None) -> str:
+  """A table of which leaves LARS adapts: path, shape, size and adapted yes/no, plus totals.
+
+  Args:
+    params: the parameters (arrays or ``jax.ShapeDtypeStruct``, e.g. from ``jax.eval_shape``).
+    mask: as accepted by :func:`lars_optax.lars`.
+    layer_axes: as accepted by :func:`lars_optax.lars`.
+
+  Returns:
+    The table as a string, ending with a summary line of leaf and parameter counts.
+  """
+  flags = resolve_mask(mask, params, layer_axes)
+  rows = []
+  totals = {True: [0, 0], False: [0, 0]}
+  for path, (flag, leaf) in _zip_with_path(flags, params):
+    size = int(np.prod(np.shape(leaf)))
+    totals[flag][0] += 1
+    totals[flag][1] += size
+    rows.append((path_to_str(path), str(tuple(np.shape(leaf))), f"{size:,}", "yes" if flag else "no"))
+  header = ("path", "shape", "size", "adapted")
+  widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+  lines = [
+    "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+    for row in [header, *rows]
+  ]
+  lines.insert(1, "  ".join("-" * width for width in widths))
+  (adapted_leaves, adapted_size), (excluded_leaves, excluded_size) = totals[True], totals[False]
+  lines.append(
+    f"{adapted_leaves + excluded_leaves} leaves: {adapted_leaves} adapted ({adapted_size:,} parameters), "
+    f"{excluded_leaves} excluded ({excluded_size:,} parameters)"
+  )
+  return "\n".join(lines)
+
+
+def print_mask_table(params: Params, mask: Mask = None, *, layer_axes: LayerAxes = None) -> None:
+  """Prints :func:`mask_table` for ``params``: see what your mask does before training."""
+  print(mask_table(params, mask, layer_axes=layer_axes))
+
+
+def _check_same_structure(name: str, tree: Any, params: Params) -> None:
+  tree_def, params_def = jax.tree.structure(tree), jax.tree.structure(params)
+  if tree_def != params_def:
+    raise ValueError(
+      f"{name} must have the structure of the parameters.\n  {name}: {_summary(tree_def)}\n"
+      f"  params: {_summary(params_def)}"
+    )
+
+
+def _summary(treedef: Any, limit: int = 400) -> str:
+  text = str(treedef)
+  return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _zip_with_path(tree: Any, params: Params) -> list[tuple[Any, tuple[Any, Any]]]:
+  """Pairs the leaves of ``tree`` and ``params`` (same structure), with the key path of each."""
+  paths_and_values = jax.tree_util.tree_flatten_with_path(tree)[0]
+  param_leaves = jax.tree.leaves(params)
+  return [(path, (value, leaf)) for (path, value), leaf in zip(paths_and_values, param_leaves)]

@@ -7,12 +7,22 @@ options, bias/batch-norm masking by default, float32 norms under bf16, and per-l
 from lars_optax._diagnostics import find_diagnostics, flatten_diagnostics, get_diagnostics
 from lars_optax._lars import LarsState, lars
 from lars_optax._masks import exclude_names, mask_table, print_mask_table, rank_mask
+from lars_optax._schedules import (
+  MLPerfHparams,
+  linear_scaling,
+  mlperf_resnet50_hparams,
+  sqrt_scaling,
+  steps_per_epoch,
+  warmup_polynomial_decay,
+  warmup_polynomial_decay_from_epochs,
+)
 from lars_optax._trust_ratio import ScaleByTrustRatioState, TrustRatioDiagnostics, scale_by_trust_ratio
 
 __version__ = "0.1.0"
 
 __all__ = [
   "LarsState",
+  "MLPerfHparams",
   "ScaleByTrustRatioState",
   "TrustRatioDiagnostics",
   "exclude_names",
@@ -20,8 +30,14 @@ __all__ = [
   "flatten_diagnostics",
   "get_diagnostics",
   "lars",
+  "linear_scaling",
   "mask_table",
+  "mlperf_resnet50_hparams",
   "print_mask_table",
   "rank_mask",
   "scale_by_trust_ratio",
+  "sqrt_scaling",
+  "steps_per_epoch",
+  "warmup_polynomial_decay",
+  "warmup_polynomial_decay_from_epochs",
 ]

@@ -29,9 +29,7 @@ def find_diagnostics(opt_state: Any) -> dict[str, TrustRatioDiagnostics]:
   flat, _ = jax.tree_util.tree_flatten_with_path(
     opt_state, is_leaf=lambda node: isinstance(node, TrustRatioDiagnostics)
   )
-  return {
-    _masks.path_to_str(path): node for path, node in flat if isinstance(node, TrustRatioDiagnostics)
-  }
+  return {_masks.path_to_str(path): node for path, node in flat if isinstance(node, TrustRatioDiagnostics)}
 
 
 def get_diagnostics(opt_state: Any) -> TrustRatioDiagnostics:

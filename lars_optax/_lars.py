@@ -55,7 +55,7 @@ def lars(
   option                                update of an adapted leaf (d = g + β w)                used by
   ====================================  =====================================================  ===========
   default                               v = m v + γ_t λ d;            Δw = -v                  paper, MLPerf
-  ``trust_ratio_norm="update"``         λ = η‖w‖/(‖d‖ + ε) (1 where ‖w‖ or ‖d‖ is 0)           optax.lars, SimCLR
+  ``trust_ratio_norm="update"``         λ = η‖w‖/(‖d‖ + ε); 1 where ‖w‖ or ‖d‖ is 0            optax, SimCLR
   ``learning_rate_placement="outside"`` v = m v + λ d;                Δw = -γ_t v              timm, BYOL
   ``trust_clip=True`` (LARC)            rate min(λ, γ_t) replaces γ_t λ (inside), or           apex LARC
                                         min(λ/γ_t, 1) replaces λ (outside)
@@ -133,9 +133,7 @@ def lars(
     _validation.check_at_least("learning_rate", learning_rate, 0.0)
   _validation.check_momentum("momentum", momentum)
   _validation.check_bool("nesterov", nesterov)
-  _validation.check_choice(
-    "learning_rate_placement", learning_rate_placement, LEARNING_RATE_PLACEMENTS
-  )
+  _validation.check_choice("learning_rate_placement", learning_rate_placement, LEARNING_RATE_PLACEMENTS)
   _validation.check_at_least("excluded_lr_scale", excluded_lr_scale, 0.0)
   _trust_ratio.check_trust_ratio_args(
     weight_decay=weight_decay,
@@ -149,9 +147,7 @@ def lars(
   def init_fn(params: Any) -> LarsState:
     _masks.resolve_mask(mask, params, layer_axes)
     axes = _masks.resolve_layer_axes(layer_axes, params)
-    buffers = jax.tree.map(
-      lambda p: jnp.zeros_like(p, dtype=accumulator_dtype), params
-    )
+    buffers = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=accumulator_dtype), params)
     return LarsState(
       count=jnp.zeros([], jnp.int32),
       momentum=buffers,
@@ -186,7 +182,7 @@ def lars(
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
     if params is None:
-      raise ValueError(optax.NO_PARAMS_MSG)
+      raise ValueError(_validation.NO_PARAMS_MSG)
     flags = _masks.resolve_mask(mask, params, layer_axes)
     axes = _masks.resolve_layer_axes(layer_axes, params)
     lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
@@ -208,4 +204,3 @@ def lars(
     )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-

@@ -73,8 +73,7 @@ def resolve_layer_axes(layer_axes: LayerAxes, params: Params) -> Any:
       raise TypeError(f"layer_axes at {path_to_str(path)!r} must be an int, got {count!r}.")
     if not 0 <= count <= _ndim(leaf):
       raise ValueError(
-        f"layer_axes at {path_to_str(path)!r} must be in [0, {_ndim(leaf)}] (the leaf's rank), "
-        f"got {count}."
+        f"layer_axes at {path_to_str(path)!r} must be in [0, {_ndim(leaf)}] (the leaf's rank), got {count}."
       )
   return jax.tree.map(int, counts)
 
@@ -167,7 +166,7 @@ def mask_table(params: Params, mask: Mask = None, *, layer_axes: LayerAxes = Non
   header = ("path", "shape", "size", "adapted")
   widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
   lines = [
-    "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+    "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
     for row in [header, *rows]
   ]
   lines.insert(1, "  ".join("-" * width for width in widths))
@@ -202,4 +201,4 @@ def _zip_with_path(tree: Any, params: Params) -> list[tuple[Any, tuple[Any, Any]
   """Pairs the leaves of ``tree`` and ``params`` (same structure), with the key path of each."""
   paths_and_values = jax.tree_util.tree_flatten_with_path(tree)[0]
   param_leaves = jax.tree.leaves(params)
-  return [(path, (value, leaf)) for (path, value), leaf in zip(paths_and_values, param_leaves)]
+  return [(path, (value, leaf)) for (path, value), leaf in zip(paths_and_values, param_leaves, strict=True)]

@@ -186,8 +186,7 @@ def steps_per_epoch(num_examples: int, batch_size: int, *, drop_remainder: bool 
   batch_size = _positive_int("batch_size", batch_size)
   if drop_remainder and num_examples < batch_size:
     raise ValueError(
-      f"num_examples must be >= batch_size={batch_size} when dropping the remainder, "
-      f"got {num_examples}."
+      f"num_examples must be >= batch_size={batch_size} when dropping the remainder, got {num_examples}."
     )
   return num_examples // batch_size if drop_remainder else -(-num_examples // batch_size)
 
@@ -199,9 +198,7 @@ def _batch_ratio(base_learning_rate: float, batch_size: int, base_batch_size: in
   return batch_size / base_batch_size
 
 
-def linear_scaling(
-  base_learning_rate: float, batch_size: int, *, base_batch_size: int = 256
-) -> float:
+def linear_scaling(base_learning_rate: float, batch_size: int, *, base_batch_size: int = 256) -> float:
   r"""Linear scaling rule :math:`\gamma = \gamma_{base} \cdot B / B_0`.
 
   For the momentum-SGD baselines; the paper's LARS recipes use a tabulated :math:`\gamma_0` per
@@ -219,9 +216,7 @@ def linear_scaling(
   return base_learning_rate * _batch_ratio(base_learning_rate, batch_size, base_batch_size)
 
 
-def sqrt_scaling(
-  base_learning_rate: float, batch_size: int, *, base_batch_size: int = 256
-) -> float:
+def sqrt_scaling(base_learning_rate: float, batch_size: int, *, base_batch_size: int = 256) -> float:
   r"""Square-root scaling rule :math:`\gamma = \gamma_{base} \sqrt{B / B_0}`.
 
   For the momentum-SGD baselines; the paper's LARS recipes use a tabulated :math:`\gamma_0`.
@@ -235,9 +230,7 @@ def sqrt_scaling(
     Krizhevsky, `One weird trick for parallelizing convolutional neural networks
     <https://arxiv.org/abs/1404.5997>`_, 2014.
   """
-  return base_learning_rate * math.sqrt(
-    _batch_ratio(base_learning_rate, batch_size, base_batch_size)
-  )
+  return base_learning_rate * math.sqrt(_batch_ratio(base_learning_rate, batch_size, base_batch_size))
 
 
 class MLPerfHparams(NamedTuple):

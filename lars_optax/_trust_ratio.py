@@ -107,9 +107,7 @@ def clipped_ratio(ratio: jax.Array, learning_rate: jax.Array) -> jax.Array:
 
 def init_diagnostics(params: Any, layer_axes: Any) -> TrustRatioDiagnostics:
   """Zero diagnostics with one float32 entry per layer of each leaf."""
-  zeros = jax.tree.map(
-    lambda leaf, k: jnp.zeros(jnp.shape(leaf)[:k], jnp.float32), params, layer_axes
-  )
+  zeros = jax.tree.map(lambda leaf, k: jnp.zeros(jnp.shape(leaf)[:k], jnp.float32), params, layer_axes)
   return TrustRatioDiagnostics(trust_ratio=zeros, param_norm=zeros, grad_norm=zeros)
 
 
@@ -192,14 +190,12 @@ def scale_by_trust_ratio(
   def init_fn(params: Any) -> ScaleByTrustRatioState:
     _masks.resolve_mask(mask, params, layer_axes)
     axes = _masks.resolve_layer_axes(layer_axes, params)
-    return ScaleByTrustRatioState(
-      count=jnp.zeros([], jnp.int32), diagnostics=init_diagnostics(params, axes)
-    )
+    return ScaleByTrustRatioState(count=jnp.zeros([], jnp.int32), diagnostics=init_diagnostics(params, axes))
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
     if params is None:
-      raise ValueError(optax.NO_PARAMS_MSG)
+      raise ValueError(_validation.NO_PARAMS_MSG)
     flags = _masks.resolve_mask(mask, params, layer_axes)
     axes = _masks.resolve_layer_axes(layer_axes, params)
     lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
@@ -241,4 +237,4 @@ def unzip_leaf_results(results: Any, like: Any, width: int) -> list[Any]:
   leaves = treedef.flatten_up_to(results)
   if not leaves:
     return [like] * width
-  return [jax.tree.unflatten(treedef, column) for column in zip(*leaves)]
+  return [jax.tree.unflatten(treedef, column) for column in zip(*leaves, strict=True)]

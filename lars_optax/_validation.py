@@ -51,3 +51,9 @@ def check_bool(name: str, value: Any) -> None:
   """Raises TypeError when ``value`` is not a Python bool (a traced flag cannot pick a code path)."""
   if not isinstance(value, bool):
     raise TypeError(f"{name} must be a Python bool, got {type(value).__name__} {value!r}.")
+
+
+NO_PARAMS_MSG = (
+  "LARS needs the current parameters: call update(updates, state, params) with params (the trust ratio "
+  "is η‖w‖/(‖g‖ + β‖w‖ + ε))."
+)

@@ -1,0 +1,81 @@
+"""An independent float64 NumPy re-derivation of LARS and its variants, written from the formulas.
+
+Nothing here imports lars_optax: each step is transcribed from LARS_NOTES sections 1-2 (paper Algorithm 1,
+update-norm, LR-outside, LARC and Nesterov forms), one layer slice at a time with explicit loops.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Hyper:
+  momentum: float = 0.9
+  weight_decay: float = 0.0
+  trust_coefficient: float = 0.001
+  eps: float = 0.0
+  nesterov: bool = False
+  trust_clip: bool = False
+  trust_ratio_norm: str = "paper"  # or "update"
+  placement: str = "inside"  # or "outside"
+  excluded_lr_scale: float = 1.0
+
+
+def slice_trust_ratio(w: np.ndarray, g: np.ndarray, h: Hyper) -> tuple[float, float, float]:
+  """λ, ‖w‖ and the denominator's gradient norm for one layer (one slice), in float64."""
+  w_norm = float(np.sqrt(np.sum(w.astype(np.float64) ** 2)))
+  if h.trust_ratio_norm == "paper":
+    g_norm = float(np.sqrt(np.sum(g.astype(np.float64) ** 2)))
+    denominator = g_norm + h.weight_decay * w_norm + h.eps
+  else:
+    g_norm = float(np.sqrt(np.sum((g + h.weight_decay * w).astype(np.float64) ** 2)))
+    denominator = g_norm + h.eps
+  if w_norm == 0.0 or g_norm == 0.0:
+    return 1.0, w_norm, g_norm
+  return h.trust_coefficient * w_norm / denominator, w_norm, g_norm
+
+
+def run(
+  params: dict[str, np.ndarray],
+  grads: Sequence[dict[str, np.ndarray]],
+  learning_rates: Sequence[float],
+  mask: dict[str, bool],
+  h: Hyper,
+  layer_axes: dict[str, int] | None = None,
+) -> tuple[dict[str, np.ndarray], list[dict[str, np.ndarray]]]:
+  """Applies len(grads) LARS steps; returns the final parameters and each step's trust ratios."""
+  w = {k: np.array(v, np.float64) for k, v in params.items()}
+  v = {k: np.zeros_like(x) for k, x in w.items()}
+  ratios_per_step = []
+  for g_t, lr in zip(grads, learning_rates, strict=True):
+    ratios = {}
+    for name in w:
+      k = (layer_axes or {}).get(name, 0)
+      g = np.array(g_t[name], np.float64)
+      lam = np.ones(w[name].shape[:k])
+      rate = np.zeros(w[name].shape[:k])
+      direction = g + h.weight_decay * w[name] if mask[name] else g
+      for index in np.ndindex(*w[name].shape[:k]):
+        if mask[name]:
+          lam[index] = slice_trust_ratio(w[name][index], g[index], h)[0]
+          if h.placement == "inside":
+            rate[index] = min(lam[index], lr) if h.trust_clip else lr * lam[index]
+          elif h.trust_clip:
+            rate[index] = min(lam[index] / lr, 1.0) if lr > 0 else 1.0
+          else:
+            rate[index] = lam[index]
+        else:
+          rate[index] = h.excluded_lr_scale * lr if h.placement == "inside" else 1.0
+      rate = rate.reshape(rate.shape + (1,) * (w[name].ndim - k))
+      v[name] = h.momentum * v[name] + rate * direction
+      step = h.momentum * v[name] + rate * direction if h.nesterov else v[name]
+      if h.placement == "inside":
+        w[name] = w[name] - step
+      else:
+        scale = lr if mask[name] else h.excluded_lr_scale * lr
+        w[name] = w[name] - scale * step
+      ratios[name] = lam
+    ratios_per_step.append(ratios)
+  return w, ratios_per_step

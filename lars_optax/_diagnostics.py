@@ -52,7 +52,7 @@ def get_diagnostics(opt_state: Any) -> TrustRatioDiagnostics:
     >>> opt = optax.MultiSteps(lars_optax.lars(0.1), every_k_schedule=1)
     >>> state = opt.init(params)
     >>> _, state = opt.update({"kernel": jnp.ones((2, 2))}, state, params)
-    >>> float(lars_optax.get_diagnostics(state).trust_ratio["kernel"])
+    >>> round(float(lars_optax.get_diagnostics(state).trust_ratio["kernel"]), 6)
     0.001
 
   Raises:

@@ -1,0 +1,213 @@
+"""TFDS pipelines: mocked ImageNet/CIFAR-10 for shapes and values, a tiny real data set for the rest.
+
+`tfds.testing.mock_data` ignores split slicing and records no split sizes, so per-process parts,
+evaluation padding and steps per epoch are checked on `input_pipeline_testing.LarsTinyJpeg`, built
+from JPEGs in a temporary directory.
+"""
+
+import itertools
+
+import input_pipeline_testing as testing
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+import input_pipeline
+from input_pipeline import preprocessing, sharding, tfds_data, tfds_pipeline
+
+TINY = testing.NAME
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  testing.build(data_dir)
+  return data_dir
+
+
+def _normalised_bounds(channels: int = 3):
+  mean, stddev = preprocessing.normalization(channels)
+  return (0 - np.array(mean)) / stddev, (255 - np.array(mean)) / stddev
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_mocked_imagenet_batches(dtype):
+  with tfds.testing.mock_data(num_examples=12):
+    source = tfds_data.open_source("imagenet2012", None)
+    assert tfds_pipeline.default_augmentation(source) == "inception"  # fused, on SkipDecoding bytes.
+    info = input_pipeline.get_dataset_info("imagenet2012", image_size=32)
+    train = input_pipeline.train_iterator(
+      "imagenet2012", global_batch_size=8, seed=0, image_size=32, dtype=dtype, local_device_count=2
+    )
+    batches = [next(train) for _ in range(3)]  # 12 // 8 = 1 step per epoch: three epochs.
+    evaluation = list(
+      input_pipeline.eval_iterator(
+        "imagenet2012", global_batch_size=8, image_size=32, dtype=dtype, local_device_count=2
+      )
+    )
+  assert info == input_pipeline.DatasetInfo("imagenet2012", 1000, (32, 32, 3), 12, 12)
+  low, high = _normalised_bounds()
+  for batch in batches + evaluation:
+    assert batch["image"].shape == (2, 4, 32, 32, 3) and batch["image"].dtype == np.dtype(dtype)
+    assert batch["label"].shape == (2, 4) and batch["label"].dtype == np.int32
+    assert np.all((batch["label"] >= 0) & (batch["label"] < 1000))
+    image = batch["image"].astype(np.float32)
+    assert np.all(image >= low - 0.02) and np.all(image <= high + 0.02)
+  assert len(evaluation) == 2
+  assert [int(batch["mask"].sum()) for batch in evaluation] == [8, 4]
+  assert np.all(evaluation[1]["image"].reshape(8, -1)[evaluation[1]["mask"].reshape(-1) == 0] == 0)
+
+
+def test_mocked_cifar10_uses_fixed_size_preprocessing_and_load_arrays():
+  with tfds.testing.mock_data(num_examples=6):
+    source = tfds_data.open_source("cifar10", None)
+    assert tfds_pipeline.default_augmentation(source) == "pad_crop_flip"
+    batch = next(input_pipeline.train_iterator("cifar10", global_batch_size=4, seed=1, local_device_count=1))
+    assert input_pipeline.get_dataset_info("cifar10").image_shape == (32, 32, 3)
+    resized = input_pipeline.get_dataset_info("cifar10", image_size=48, augmentation="inception_unfused")
+    cropped = next(
+      input_pipeline.train_iterator(
+        "cifar10",
+        global_batch_size=4,
+        seed=1,
+        image_size=48,
+        augmentation="inception_unfused",  # decodes the PNG bytes, then crops.
+        local_device_count=1,
+      )
+    )
+    x_train, y_train, x_test, y_test = input_pipeline.load_arrays("cifar10")
+    with pytest.raises(ValueError, match="fixed-size"):
+      input_pipeline.load_arrays("imagenet2012")
+  assert batch["image"].shape == (1, 4, 32, 32, 3)
+  assert resized.image_shape == (48, 48, 3) and cropped["image"].shape == (1, 4, 48, 48, 3)
+  assert x_train.shape == x_test.shape == (6, 32, 32, 3) and x_train.dtype == np.float32
+  assert y_train.dtype == np.int32 and np.all((y_test >= 0) & (y_test < 10))
+  low, high = _normalised_bounds()
+  assert np.all(x_train >= low - 1e-5) and np.all(x_train <= high + 1e-5)
+
+
+def test_tiny_dataset_info(tiny_dir):
+  assert input_pipeline.get_dataset_info(TINY, data_dir=tiny_dir) == input_pipeline.DatasetInfo(
+    TINY, 3, (224, 224, 3), testing.NUM_TRAIN, testing.NUM_EVAL
+  )
+  assert input_pipeline.get_dataset_info(TINY, data_dir=tiny_dir, image_size=16).image_shape == (
+    16,
+    16,
+    3,
+  )
+
+
+def _part_ids(data_dir, split, process_index, process_count):
+  layout = sharding.ProcessLayout(process_count, process_index, process_count, 1)
+  builder = tfds.builder(TINY, data_dir=data_dir)
+  part = builder.as_dataset(split=tfds_data.process_split(split, layout))
+  return [int(example["id"]) for example in part.as_numpy_iterator()]
+
+
+@pytest.mark.parametrize("process_count", [2, 3])
+def test_process_parts_are_disjoint_and_cover_the_split(tiny_dir, process_count):
+  for split, ids in [("train", range(37)), ("validation", range(37, 50))]:
+    parts = [_part_ids(tiny_dir, split, index, process_count) for index in range(process_count)]
+    assert sorted(itertools.chain(*parts)) == list(ids)
+    sizes = [len(part) for part in parts]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def _train(data_dir, steps, *, seed=0, start_step=0, process_index=0, process_count=2, cache=False):
+  batches = input_pipeline.train_iterator(
+    TINY,
+    data_dir=data_dir,
+    global_batch_size=8,
+    seed=seed,
+    start_step=start_step,
+    image_size=16,
+    process_index=process_index,
+    process_count=process_count,
+    local_device_count=2,
+    cache=cache,
+  )
+  return [next(batches) for _ in range(steps)]
+
+
+def test_training_epochs_read_each_process_part_without_repeats(tiny_dir):
+  steps_per_epoch = testing.NUM_TRAIN // 8  # 4 global steps of 8; each process serves 4 of them.
+  for index in range(2):
+    part = set(_part_ids(tiny_dir, "train", index, 2))
+    batches = _train(tiny_dir, 2 * steps_per_epoch, process_index=index)
+    for epoch in range(2):
+      epoch_batches = batches[epoch * steps_per_epoch : (epoch + 1) * steps_per_epoch]
+      ids = np.concatenate([testing.decode_ids(batch["image"]).ravel() for batch in epoch_batches])
+      labels = np.concatenate([batch["label"].ravel() for batch in epoch_batches])
+      assert len(ids) == len(set(ids)) == steps_per_epoch * 4  # no example twice in an epoch.
+      assert set(ids) <= part
+      np.testing.assert_array_equal(labels, [testing.label(i) for i in ids])
+      images = np.concatenate([batch["image"].reshape(-1, 16, 16, 3) for batch in epoch_batches])
+      np.testing.assert_array_equal(testing.predict(images), [testing.colour(i) for i in ids])
+
+
+def test_training_is_deterministic_and_resumable(tiny_dir):
+  reference = _train(tiny_dir, 10, seed=4)  # epochs of 4 steps: crosses two epoch boundaries.
+  for cache in (False, True):
+    for batch, again in zip(reference, _train(tiny_dir, 10, seed=4, cache=cache), strict=True):
+      np.testing.assert_array_equal(batch["image"], again["image"])
+  for batch, resumed in zip(reference[6:], _train(tiny_dir, 4, seed=4, start_step=6), strict=True):
+    np.testing.assert_array_equal(batch["image"], resumed["image"])
+    np.testing.assert_array_equal(batch["label"], resumed["label"])
+  other = _train(tiny_dir, 4, seed=5)
+  assert any(not np.array_equal(a["image"], b["image"]) for a, b in zip(reference, other, strict=False))
+
+
+@pytest.mark.parametrize(
+  "process_count,global_batch_size,cache",
+  [(1, 4, False), (2, 4, False), (2, 4, True), (3, 6, False), (2, 16, False)],
+)
+def test_evaluation_covers_the_split_exactly_once(tiny_dir, process_count, global_batch_size, cache):
+  num_batches = input_pipeline.num_eval_batches(testing.NUM_EVAL, global_batch_size)
+  seen, correct = [], 0
+  for index in range(process_count):
+    batches = list(
+      input_pipeline.eval_iterator(
+        TINY,
+        data_dir=tiny_dir,
+        global_batch_size=global_batch_size,
+        image_size=16,
+        process_index=index,
+        process_count=process_count,
+        local_device_count=1,
+        cache=cache,
+      )
+    )
+    assert len(batches) == num_batches  # the same on every process.
+    mask = np.concatenate([batch["mask"].ravel() for batch in batches])
+    assert mask.sum() == len(_part_ids(tiny_dir, "validation", index, process_count))
+    images = np.concatenate([batch["image"].reshape(-1, 16, 16, 3) for batch in batches])
+    labels = np.concatenate([batch["label"].ravel() for batch in batches])
+    assert np.all(images[~mask] == 0) and np.all(labels[~mask] == 0)
+    seen.extend(testing.decode_ids(images[mask]).tolist())
+    correct += int(np.sum((testing.predict(images) == labels) & mask))
+  assert sorted(seen) == list(range(37, 50))
+  expected = sum(testing.label(i) == testing.colour(i) for i in range(37, 50))
+  assert correct == expected == 10  # ids 39, 43 and 47 are labelled against their colour.
+
+
+def test_missing_data_set_names_the_directory_and_the_preparation(tmp_path):
+  with pytest.raises(tfds_data.DatasetNotPreparedError) as error:
+    input_pipeline.get_dataset_info("imagenet2012", data_dir=str(tmp_path))
+  message = str(error.value)
+  assert str(tmp_path / "imagenet2012") in message
+  assert f"tfds build imagenet2012 --data_dir={tmp_path}" in message
+  assert str(tmp_path / "downloads" / "manual") in message
+  assert "ILSVRC2012_img_train.tar" in message and "ILSVRC2012_img_val.tar" in message
+  assert isinstance(error.value, FileNotFoundError)
+  with pytest.raises(FileNotFoundError, match=f"tfds build cifar10 --data_dir={tmp_path}"):
+    input_pipeline.train_iterator("cifar10", data_dir=str(tmp_path), global_batch_size=8, seed=0)
+  with pytest.raises(ValueError, match="Unknown data set"):
+    input_pipeline.get_dataset_info("no_such_data_set_anywhere", data_dir=str(tmp_path))
+
+
+def test_augmentation_choice_is_validated(tiny_dir):
+  for augmentation, match in [("pad_crop_flip", "fixed-size"), ("rotate", "one of")]:
+    with pytest.raises(ValueError, match=match):
+      input_pipeline.train_iterator(
+        TINY, data_dir=tiny_dir, global_batch_size=8, seed=0, augmentation=augmentation
+      )

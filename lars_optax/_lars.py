@@ -155,13 +155,13 @@ def lars(
     )
 
   def leaf_rate(grad, param, adapted, k, lr):
-    """(d, per-element rate, Δw multiplier, λ, ‖w‖, ‖g‖) of one leaf, in float32."""
+    """(rate of g, rate of w, Δw multiplier, λ, ‖w‖, ‖g‖) of one leaf, in float32: r d = r g + r β w."""
     if not adapted:
       ratio = jnp.ones(grad.shape[:k], jnp.float32)
       param_norm = _trust_ratio.layer_norm(param, k, axis_name)
       grad_norm = _trust_ratio.layer_norm(grad, k, axis_name)
       rate, scale = (excluded_lr_scale * lr, -1.0) if inside else (1.0, -excluded_lr_scale * lr)
-      return grad.astype(jnp.float32), rate, scale, ratio, param_norm, grad_norm
+      return rate, None, scale, ratio, param_norm, grad_norm
     ratio, param_norm, grad_norm = _trust_ratio.trust_ratio(
       param,
       grad,
@@ -176,8 +176,8 @@ def lars(
       rate, scale = (jnp.minimum(ratio, lr) if trust_clip else lr * ratio), -1.0
     else:
       rate, scale = (_trust_ratio.clipped_ratio(ratio, lr) if trust_clip else ratio), -lr
-    decayed = grad.astype(jnp.float32) + weight_decay * param.astype(jnp.float32)
-    return decayed, _trust_ratio.expand_to(rate, grad), scale, ratio, param_norm, grad_norm
+    rate = _trust_ratio.expand_to(rate, grad)
+    return rate, rate * weight_decay, scale, ratio, param_norm, grad_norm
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
@@ -188,10 +188,15 @@ def lars(
     lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
 
     def update_leaf(grad, param, velocity, adapted, k):
-      direction, rate, scale, ratio, param_norm, grad_norm = leaf_rate(grad, param, adapted, k, lr)
-      step = rate * direction
-      new_velocity = momentum * velocity.astype(jnp.float32) + step  # v <- m v + r d
-      descent = momentum * new_velocity + step if nesterov else new_velocity
+      grad_rate, param_rate, scale, ratio, param_norm, grad_norm = leaf_rate(grad, param, adapted, k, lr)
+
+      def add_step(base):  # base + r d, as base + r g + (r β) w
+        # Not r (g + β w) shared by several consumers: XLA would store it as a full-size temporary.
+        total = base + grad_rate * grad.astype(jnp.float32)
+        return total if param_rate is None else total + param_rate * param.astype(jnp.float32)
+
+      new_velocity = add_step(momentum * velocity.astype(jnp.float32))  # v <- m v + r d
+      descent = add_step(momentum * new_velocity) if nesterov else new_velocity
       new_update = (scale * descent).astype(grad.dtype)  # Δw = -v (inside) or -γ v (outside)
       return new_update, new_velocity.astype(velocity.dtype), ratio, param_norm, grad_norm
 

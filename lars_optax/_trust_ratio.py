@@ -219,8 +219,11 @@ def scale_by_trust_ratio(
         axis_name=axis_name,
       )
       factor = clipped_ratio(ratio, lr) if trust_clip else ratio
-      decayed = grad.astype(jnp.float32) + weight_decay * param.astype(jnp.float32)
-      return (expand_to(factor, grad) * decayed).astype(grad.dtype), ratio, param_norm, grad_norm
+      factor = expand_to(factor, grad)
+      # λ g + (λ β) w rather than λ (g + β w): with the "update" norm, g + β w would be shared with the
+      # norm's reduction and stored as a full-size temporary.
+      scaled = factor * grad.astype(jnp.float32) + (factor * weight_decay) * param.astype(jnp.float32)
+      return scaled.astype(grad.dtype), ratio, param_norm, grad_norm
 
     results = jax.tree.map(scale_leaf, updates, params, flags, axes)
     new_updates, *diagnostics = unzip_leaf_results(results, updates, 4)

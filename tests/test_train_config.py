@@ -1,0 +1,181 @@
+"""Configs, recipes, the derived plan, optimizers, and metrics.jsonl handling (nothing compiled)."""
+
+import importlib
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import input_pipeline
+import models
+from configs import default
+from training import loop, metrics_log, optimizers, plan, recipes
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+RECIPE_CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if not p.stem.startswith("_"))
+
+
+def _load(name: str, *args: str):
+  return importlib.import_module(f"configs.{name}").get_config(*args)
+
+
+@pytest.mark.parametrize("name", RECIPE_CONFIGS)
+def test_every_config_loads_resolves_and_documents_itself(name):
+  module = importlib.import_module(f"configs.{name}")
+  for heading in ("Command", "Hardware", "Time", "Expected"):
+    assert f"\n{heading}" in module.__doc__, f"{name} docstring lacks {heading}"
+  config, _ = recipes.apply_recipe(module.get_config())
+  assert config.model in models.MODELS
+  assert config.optimizer in optimizers.OPTIMIZERS
+  for field in ("learning_rate", "warmup_epochs", "num_epochs", "momentum", "weight_decay"):
+    assert config[field] is not None, f"{name}: {field} unresolved"
+
+
+@pytest.mark.parametrize(
+  ("name", "batch_size", "learning_rate", "warmup_epochs", "top1"),
+  [
+    ("alexnet_lars", "512", 2, 2, 58.7),
+    ("alexnet_lars", "32768", 14, 2, 46.9),
+    ("alexnet_bn_lars", "8192", 14, 5, 60.1),
+    ("alexnet_bn_lars", "16384", 23, 5, 59.3),
+    ("resnet50_lars", "1024", 9, 5, 73.3),
+    ("resnet50_lars", "32768", 40, 12, 72.5),
+  ],
+)
+def test_paper_recipes_take_gamma0_and_warmup_from_the_table(
+  name, batch_size, learning_rate, warmup_epochs, top1
+):
+  """LARS_NOTES §4, by config string and by --config.batch_size override alike."""
+  by_string, recipe = recipes.apply_recipe(_load(name, batch_size))
+  overridden = _load(name)
+  overridden.batch_size = int(batch_size)
+  by_field, _ = recipes.apply_recipe(overridden)
+  for config in (by_string, by_field):
+    assert config.learning_rate == learning_rate
+    assert config.warmup_epochs == warmup_epochs
+    assert config.weight_decay == 5e-4 and config.momentum == 0.9 and config.num_epochs == 100
+  assert recipe.expected_top1 == top1
+
+
+def test_paper_recipe_refuses_an_untabulated_batch_unless_given_a_learning_rate():
+  config = _load("resnet50_lars", "4096")
+  with pytest.raises(ValueError, match=r"tabulates γ_0 only for batch_size in \[256, 1024"):
+    recipes.apply_recipe(config)
+  config.learning_rate = 20.0
+  resolved, recipe = recipes.apply_recipe(config)
+  assert resolved.learning_rate == 20.0 and resolved.warmup_epochs == 5
+  assert recipe.expected_top1 is None
+
+
+def test_explicit_values_win_over_the_recipe():
+  config = _load("alexnet_bn_lars", "8192")
+  config.learning_rate = 12.0
+  resolved, _ = recipes.apply_recipe(config)
+  assert resolved.learning_rate == 12.0 and resolved.warmup_epochs == 5
+
+
+def test_mlperf_recipe_follows_lars_notes_section_3():
+  config, recipe = recipes.apply_recipe(_load("resnet50_mlperf", "32768"))
+  assert (config.learning_rate, config.warmup_epochs, config.momentum) == (29, 18, 0.929)
+  assert (config.weight_decay, config.num_epochs, config.end_learning_rate) == (1e-4, 64, 1e-4)
+  assert (config.label_smoothing, config.lr_decay_power) == (0.1, 2.0)
+  assert recipe.expected_top1 == 75.9
+  small, _ = recipes.apply_recipe(_load("resnet50_mlperf", "8192"))
+  assert (small.learning_rate, small.warmup_epochs) == (10, 5)
+
+
+def test_sgd_baselines_scale_the_learning_rate_linearly():
+  config, recipe = recipes.apply_recipe(_load("alexnet_sgd", "4096"))
+  assert optimizers.peak_learning_rate(config) == pytest.approx(0.01 * 4096 / 256)
+  assert recipe.expected_top1 == 53.1
+  config, recipe = recipes.apply_recipe(_load("resnet50_sgd", "32768"))
+  assert optimizers.peak_learning_rate(config) == pytest.approx(0.1 * 128)
+  assert recipe.expected_top1 == 71.7
+
+
+def test_plan_derives_batches_steps_and_learning_rate():
+  config = default.get_config()
+  config.batch_size, config.grad_accum_steps, config.num_epochs, config.warmup_epochs = 256, 4, 3.0, 1.0
+  info = input_pipeline.DatasetInfo("digits", 10, (8, 8, 1), 1438, 359)
+  run = plan.make_plan(config, info, None, num_devices=8, num_processes=2)
+  assert run.steps_per_epoch == 1438 // 256 == 5
+  assert (run.schedule_steps, run.warmup_steps, run.num_train_steps) == (15, 5, 15)
+  assert run.per_device_micro_batch == 256 // (8 * 4)
+  assert (run.eval_batch_size, run.num_eval_steps) == (64, 6)  # ceil(359 / 64)
+  assert run.eval_every_steps == 5 and run.peak_learning_rate == config.learning_rate
+  assert "8 devices x 4 micro-batches x 8 per device" in run.describe()
+
+
+@pytest.mark.parametrize(
+  ("overrides", "message"),
+  [
+    ({"batch_size": 100}, r"batch_size=100 must be divisible by the device count times"),
+    ({"grad_accum_steps": 3}, r"\(8 x 3 = 24\)"),
+    ({"model": "vgg16"}, r"config.model must be one of \["),
+    ({"optimizer": "adam"}, r"config.optimizer must be one of \['larc', 'lars', 'optax_lars', 'sgd'\]"),
+    ({"parallelism": "pjit"}, r"config.parallelism must be one of \['jit', 'pmap'\]"),
+    ({"dataset": "no_such_dataset"}, r"no_such_dataset"),
+    ({"momentum": 1.5}, r"config.momentum must be in \[0, 1\)"),
+    ({"eval_batch_size": 100}, r"eval_batch_size=100 must be divisible by the device count \(8\)"),
+    ({"warmup_epochs": 50.0}, r"warmup_epochs=50.0 must be at most config.num_epochs"),
+    ({"recipe": "resnet50_lars"}, r"the paper tabulates γ_0 only"),
+  ],
+)
+def test_invalid_configs_fail_before_anything_compiles(overrides, message, tmp_path, monkeypatch):
+  def compile_attempted(*args, **kwargs):
+    raise AssertionError("reached the first compilation")
+
+  monkeypatch.setattr(loop.steps_lib, "create_train_state", compile_attempted)
+  config = default.get_config()
+  config.update(overrides)
+  if overrides.get("recipe"):
+    config.learning_rate = None
+    config.batch_size = 128
+  with pytest.raises(ValueError, match=message):
+    loop.train_and_evaluate(config, tmp_path / "workdir")
+  assert not (tmp_path / "workdir").exists()
+
+
+def test_lars_and_sgd_first_updates_match_the_formulas():
+  """Weight decay only in the optimizer and only on rank ≥ 2 leaves; λ as in Algorithm 1."""
+  config = default.get_config()
+  config.weight_decay, config.momentum = 0.01, 0.9
+  params = {"kernel": jnp.array([[1.0, 2.0], [3.0, -1.0]]), "bias": jnp.array([0.5, -0.5])}
+  grads = {"kernel": jnp.array([[0.1, -0.2], [0.0, 0.3]]), "bias": jnp.array([0.2, 0.1])}
+  gamma, eta, beta = 2.0, config.trust_coefficient, config.weight_decay
+  w, g = np.asarray(params["kernel"]), np.asarray(grads["kernel"])
+  lam = eta * np.linalg.norm(w) / (np.linalg.norm(g) + beta * np.linalg.norm(w))
+  expected = {
+    "lars": {"kernel": -gamma * lam * (g + beta * w), "bias": -gamma * np.asarray(grads["bias"])},
+    "sgd": {"kernel": -gamma * (g + beta * w), "bias": -gamma * np.asarray(grads["bias"])},
+  }
+  for name, updates in expected.items():
+    config.optimizer = name
+    tx = optimizers.create_optimizer(config, lambda count: gamma)
+    actual, _ = tx.update(grads, tx.init(params), params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), actual, updates)
+
+
+def test_every_registered_optimizer_builds_and_updates():
+  config = default.get_config()
+  params = {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}
+  for name in optimizers.OPTIMIZERS:
+    config.optimizer = name
+    tx = optimizers.create_optimizer(config, lambda count: 1.0)
+    updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+    assert jax.tree.structure(updates) == jax.tree.structure(params)
+    assert float(jnp.abs(updates["kernel"]).sum()) > 0
+
+
+def test_metrics_log_truncates_to_the_restored_step_and_drops_a_torn_line(tmp_path):
+  path = tmp_path / metrics_log.METRICS_FILE
+  lines = [json.dumps({"step": step, "train/loss": 1.0 / step}) for step in range(1, 6)]
+  path.write_text("\n".join(lines) + '\n{"step": 6, "train/lo')  # killed mid-write
+  assert [r["step"] for r in metrics_log.read_metrics(path)] == [1, 2, 3, 4, 5]
+  assert metrics_log.truncate_metrics(path, 3) == 3
+  assert [r["step"] for r in metrics_log.read_metrics(path)] == [1, 2, 3]
+  assert path.read_text().endswith("\n")
+  assert metrics_log.truncate_metrics(tmp_path / "absent.jsonl", 0) == 0

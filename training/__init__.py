@@ -1,0 +1,12 @@
+"""The pieces of train.py, one job per module.
+
+- `config_checks`: validation of a config before anything compiles.
+- `recipes`: the papers' hyperparameters per batch size, filled into a config.
+- `plan`: batch layout, step counts and learning rate derived at start.
+- `optimizers`: the optimizer registry ("lars", "larc", "sgd", "optax_lars") and the schedule.
+- `steps`: the training and evaluation steps under `jax.pmap` or `jax.jit` with `NamedSharding`.
+- `checkpoints`: Orbax checkpoints (periodic, final, last K, resume).
+- `metrics_log`: metrics.jsonl and TensorBoard, from process 0.
+- `preemption`: SIGTERM → checkpoint at a step all processes agree on.
+- `loop`: `train_and_evaluate`, the loop that ties them together.
+"""

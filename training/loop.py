@@ -1,0 +1,245 @@
+"""`train_and_evaluate`: the training loop of train.py, importable by tests and notebooks."""
+
+import collections
+import itertools
+import os
+import time
+from collections.abc import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+
+import input_pipeline
+import lars_optax
+import models
+from training import checkpoints, config_checks, metrics_log, optimizers, plan, preemption, recipes
+from training import steps as steps_lib
+
+Parallelism = steps_lib.Pmap | steps_lib.Jit
+
+
+def _print0(*args) -> None:
+  if jax.process_index() == 0:
+    print(*args, flush=True)
+
+
+def _prefetch(batches: Iterator, place: Callable, size: int = 2) -> Iterator:
+  """Yields ``place(batch)``, keeping ``size`` placed batches ahead (transfers overlap the step)."""
+  queue = collections.deque(map(place, itertools.islice(batches, size)))
+  while queue:
+    yield queue.popleft()
+    queue.extend(map(place, itertools.islice(batches, 1)))
+
+
+def _diagnostics(state: steps_lib.TrainState) -> dict[str, float]:
+  """Per-layer trust ratios, parameter and gradient norms of the last update (LARS optimizers)."""
+  found = lars_optax.find_diagnostics(state.opt_state)
+  if len(found) != 1:
+    return {}
+  flat = lars_optax.flatten_diagnostics(next(iter(found.values())))
+  return {key: float(value) for key, value in jax.device_get(flat).items()}
+
+
+def evaluate(
+  parallel: Parallelism, state: steps_lib.TrainState, batches: Iterator, num_steps: int
+) -> dict[str, float]:
+  """Top-1, top-5 and loss over ``num_steps`` padded batches, counting only unmasked examples."""
+  totals = None
+  for batch in _prefetch(itertools.islice(batches, num_steps), parallel.place_batch):
+    sums = parallel.eval_step(state, batch)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  count = float(totals["count"])
+  return {
+    "eval/accuracy": float(totals["accuracy"]) / count,
+    "eval/top5_accuracy": float(totals["top5_accuracy"]) / count,
+    "eval/loss": float(totals["loss"]) / count,
+  }
+
+
+class _Window:
+  """Per-step training metrics since the last log, averaged when logged."""
+
+  def __init__(self, step: int, batch_size: int):
+    self._batch_size = batch_size
+    self._start_step, self._start_time, self._history = step, time.perf_counter(), []
+
+  def add(self, metrics: dict) -> None:
+    self._history.append(metrics)  # Device arrays: nothing waits for the step here.
+
+  def flush(self, step: int, state: steps_lib.TrainState) -> dict[str, float]:
+    """Means of loss, accuracy and gradient norm, the last LR, throughput; starts a new window."""
+    history = jax.device_get(self._history)
+    now = time.perf_counter()
+    steps_per_sec = (step - self._start_step) / (now - self._start_time)
+    self._start_step, self._start_time, self._history = step, now, []
+    return {
+      "train/loss": float(np.mean([m["loss"] for m in history])),
+      "train/accuracy": float(np.mean([m["accuracy"] for m in history])),
+      "train/grad_norm": float(np.mean([m["grad_norm"] for m in history])),
+      "train/lr": float(history[-1]["lr"]),
+      "train/skipped_steps": int(jax.device_get(state.skipped_steps)),
+      "train/steps_per_sec": steps_per_sec,
+      "train/images_per_sec": steps_per_sec * self._batch_size,
+    }
+
+
+def _make_parallelism(config: ml_collections.ConfigDict, run: plan.TrainingPlan, num_classes: int):
+  """The model, the optimizer and the compiled steps of ``config.parallelism``."""
+  dtype = jnp.bfloat16 if config.half_precision else jnp.float32
+  model = models.get_model(config.model, num_classes=num_classes, dtype=dtype, **config.model_kwargs)
+  schedule = optimizers.create_learning_rate_schedule(
+    config, total_steps=run.schedule_steps, warmup_steps=run.warmup_steps
+  )
+  tx = optimizers.create_optimizer(config, schedule)
+  step_config = steps_lib.StepConfig(
+    model=model,
+    tx=tx,
+    learning_rate_fn=schedule,
+    num_classes=num_classes,
+    label_smoothing=config.label_smoothing,
+    grad_accum_steps=config.grad_accum_steps,
+    skip_nonfinite=config.skip_nonfinite_steps,
+    seed=config.seed,
+  )
+  parallel = steps_lib.PARALLELISM[config.parallelism](step_config, sync_batch_norm=config.sync_batch_norm)
+  return model, tx, parallel
+
+
+class _Loop:
+  """The steps of one run between its start (or resume) and its end (or preemption)."""
+
+  def __init__(self, config, run, parallel, log, checkpointer):
+    self.config, self.run, self.parallel = config, run, parallel
+    self.log, self.checkpointer = log, checkpointer
+    self._data_args = dict(
+      image_size=config.image_size,
+      dtype="bfloat16" if config.half_precision else "float32",
+      data_dir=config.data_dir,
+      cache=config.cache,
+      augmentation=config.augmentation,
+    )
+
+  def evaluate(self, state: steps_lib.TrainState) -> dict[str, float]:
+    batches = input_pipeline.eval_iterator(
+      self.config.dataset,
+      global_batch_size=self.run.eval_batch_size,
+      crop_padding=self.config.crop_padding,
+      **self._data_args,
+    )
+    return evaluate(self.parallel, state, batches, self.run.num_eval_steps)
+
+  def _record(self, done: int, state, window: _Window, bar: tqdm.tqdm) -> dict[str, float]:
+    """Everything due at step ``done``: training metrics, trust ratios, evaluation."""
+    config, run, record = self.config, self.run, {}
+    last = done == run.num_train_steps
+    if done % config.log_every_steps == 0 or last:
+      record.update(window.flush(done, state))
+      bar.set_postfix(
+        loss=f"{record['train/loss']:.4f}",
+        lr=f"{record['train/lr']:.4g}",
+        img_per_s=f"{record['train/images_per_sec']:.0f}",
+      )
+    if config.diagnostics_every_steps and done % config.diagnostics_every_steps == 0:
+      record.update(_diagnostics(state))
+    eval_due = run.eval_every_steps and done % run.eval_every_steps == 0
+    if run.num_eval_steps and (eval_due or last):
+      record.update(self.evaluate(state))
+      bar.write(
+        f"step {done}: eval top-1 {record['eval/accuracy']:.4f}, "
+        f"top-5 {record['eval/top5_accuracy']:.4f}, loss {record['eval/loss']:.4f}"
+      )
+    return record
+
+  def train(self, state: steps_lib.TrainState, start_step: int) -> tuple[steps_lib.TrainState, dict]:
+    """Trains from ``start_step``; returns the state and the latest value of every logged metric."""
+    config, run = self.config, self.run
+    batches = _prefetch(
+      input_pipeline.train_iterator(
+        config.dataset,
+        global_batch_size=config.batch_size,
+        seed=config.seed,
+        start_step=start_step,
+        **self._data_args,
+      ),
+      self.parallel.place_batch,
+    )
+    window, latest = _Window(start_step, config.batch_size), {"preempted": False}
+    bar = tqdm.tqdm(
+      total=run.num_train_steps,
+      initial=start_step,
+      unit="step",
+      dynamic_ncols=True,
+      disable=not config.progress_bar or jax.process_index() != 0,
+    )
+    with bar, preemption.PreemptionHandler() as preempt:
+      for step in range(start_step, run.num_train_steps):
+        state, metrics = self.parallel.train_step(state, next(batches))
+        window.add(metrics)
+        done = step + 1
+        bar.update(1)
+        record = self._record(done, state, window, bar)
+        if record:
+          self.log.write(done, record)
+          latest.update(record)
+        self.checkpointer.save(done, state)
+        if preempt.should_stop(done):
+          latest["preempted"] = True
+          break
+    return state, latest
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
+  """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint) and evaluates.
+
+  Args:
+    config: a config from configs/ (checked before anything is compiled).
+    workdir: receives metrics.jsonl, TensorBoard events and checkpoints/.
+
+  Returns:
+    A summary: final step, the last evaluation's and training window's metrics, skipped steps,
+    whether the run stopped on SIGTERM, wall time and the expected top-1 of the recipe.
+  """
+  start_time = time.perf_counter()
+  config, recipe = recipes.apply_recipe(config)
+  info = config_checks.validate_config(config, num_devices=jax.device_count())
+  run = plan.make_plan(
+    config, info, recipe, num_devices=jax.device_count(), num_processes=jax.process_count()
+  )
+  _print0(run.describe())
+
+  model, tx, parallel = _make_parallelism(config, run, info.num_classes)
+  checkpointer = checkpoints.Checkpointer(
+    os.path.join(workdir, "checkpoints"),
+    every_steps=config.checkpoint_every_steps,
+    keep=config.keep_checkpoints,
+  )
+  initial = steps_lib.create_train_state(model, tx, seed=config.seed, input_shape=info.image_shape)
+  host_state = checkpointer.restore_latest(jax.device_get(initial))
+  start_step = int(host_state.step)
+  if start_step:
+    _print0(f"resuming from the checkpoint at step {start_step}")
+  log = metrics_log.MetricsLog(workdir, start_step=start_step)
+  loop = _Loop(config, run, parallel, log, checkpointer)
+
+  state, latest = loop.train(parallel.place_state(host_state), start_step)
+  if run.num_eval_steps and "eval/accuracy" not in latest and not latest["preempted"]:
+    latest.update(loop.evaluate(state))  # A resumed run that had nothing left to train.
+  final_step = int(jax.device_get(state.step))
+  checkpointer.save(final_step, state, force=True)
+  checkpointer.close()
+  log.close()
+
+  summary = {
+    "step": final_step,
+    **{key: value for key, value in latest.items() if key.startswith(("train/", "eval/"))},
+    "skipped_steps": int(jax.device_get(state.skipped_steps)),
+    "preempted": latest["preempted"],
+    "wall_time_s": time.perf_counter() - start_time,
+    "expected_top1": run.expected_top1,
+  }
+  _print0("summary:\n" + "\n".join(f"  {key}: {value}" for key, value in summary.items()))
+  return summary

@@ -1,0 +1,93 @@
+"""Metrics to ``workdir/metrics.jsonl`` and TensorBoard, from process 0 only.
+
+``metrics.jsonl`` holds one JSON object per logged step: ``{"step": 40, "train/loss": ..., "train/lr":
+..., "eval/accuracy": ...}``, ``step`` being the number of optimizer steps completed. It is written line by
+line and flushed, so a killed run leaves whole lines plus at most one torn last line. On resume from
+a checkpoint at step s, the file is cut back to the lines with ``step <= s`` (a torn line is dropped),
+so that the resumed run continues it without a gap or a duplicate.
+
+TensorBoard event files go to ``workdir`` through `clu.metric_writers` (asynchronously). Every process
+imports it (and so TensorFlow), although only process 0 writes: imports of unequal length would make
+the processes reach their first collective at different times, and CPU (gloo) collectives give up
+after 30 s.
+"""
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import jax
+from clu import metric_writers
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+  """The complete records of a metrics.jsonl file, in order; a torn (unparsable) line is skipped."""
+  path = Path(path)
+  if not path.exists():
+    return []
+  records = []
+  for line in path.read_text().splitlines():
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:
+      continue
+  return records
+
+
+def truncate_metrics(path: str | os.PathLike, last_step: int) -> int:
+  """Rewrites ``path`` atomically with only its complete records of ``step <= last_step``.
+
+  Returns:
+    The number of records kept.
+  """
+  path = Path(path)
+  kept = [record for record in read_metrics(path) if record["step"] <= last_step]
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text("".join(json.dumps(record) + "\n" for record in kept))
+  os.replace(tmp, path)
+  return len(kept)
+
+
+def _to_json_number(value) -> float | int | None:
+  """A Python number for JSON (NaN and ±inf, which JSON lacks, become None)."""
+  value = value.item() if hasattr(value, "item") else value
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
+
+
+class MetricsLog:
+  """Writes scalar metrics per step to metrics.jsonl and TensorBoard (process 0; a no-op elsewhere)."""
+
+  def __init__(self, workdir: str | os.PathLike, *, start_step: int):
+    """Opens the log of a run that starts (or resumes) at ``start_step`` completed steps."""
+    self.enabled = jax.process_index() == 0
+    if not self.enabled:
+      return
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / METRICS_FILE
+    truncate_metrics(path, start_step)
+    self._file = path.open("a")
+    self._writer = metric_writers.AsyncWriter(metric_writers.SummaryWriter(os.fspath(workdir)))
+
+  def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    """Appends one record for ``step`` and sends the scalars to TensorBoard."""
+    if not self.enabled:
+      return
+    record = {"step": int(step), **{key: _to_json_number(value) for key, value in scalars.items()}}
+    self._file.write(json.dumps(record) + "\n")
+    self._file.flush()
+    self._writer.write_scalars(int(step), dict(scalars))
+
+  def close(self) -> None:
+    """Flushes TensorBoard and closes the files."""
+    if not self.enabled:
+      return
+    self._writer.flush()
+    self._writer.close()
+    self._file.close()

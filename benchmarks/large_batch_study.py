@@ -80,11 +80,11 @@ class OptimizerSetup:
 OPTIMIZER_SETUPS: Mapping[str, OptimizerSetup] = MappingProxyType(
   {
     "sgd": OptimizerSetup(grid=(0.001, 0.004, 0.016, 0.064, 0.256), scaling="linear"),
-    "lars": OptimizerSetup(grid=(0.25, 1.0, 4.0, 16.0, 64.0), scaling="none"),
+    "lars": OptimizerSetup(grid=(0.25, 1.0, 4.0, 16.0), scaling="none"),
     "larc": OptimizerSetup(
       grid=(0.001, 0.004, 0.016, 0.064, 0.256), scaling="linear", trust_coefficient=0.02
     ),
-    "optax_lars": OptimizerSetup(grid=(0.25, 1.0, 4.0, 16.0, 64.0), scaling="none"),
+    "optax_lars": OptimizerSetup(grid=(0.25, 1.0, 4.0, 16.0), scaling="none"),
   }
 )
 

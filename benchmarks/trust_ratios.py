@@ -15,7 +15,7 @@ Each ‖g‖ is the gradient at the weights whose norm is given (the next step's
 offline 8x8 digits, upscaled to ``--image_size`` and repeated over three channels (ImageNet-shaped inputs
 without a download); the classifier has 10 outputs.
 
-Run from the repository root (about 5 minutes on 2 CPU cores, mostly ResNet-50's compilation and steps):
+Run from the repository root (13 minutes on 2 shared CPU cores, mostly ResNet-50's compilation and steps):
 
   python -m benchmarks.trust_ratios                     # AlexNet and ResNet-50 at 224x224
   python -m benchmarks.trust_ratios --quick             # small_alexnet and resnet20 at 32x32, seconds
@@ -32,6 +32,7 @@ References:
 import argparse
 import dataclasses
 import re
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -282,7 +283,7 @@ def main(argv: Sequence[str]) -> dict[str, Path]:
     f"{args.learning_rate:g} (η = 0.001, β = {WEIGHT_DECAY:g}, momentum 0.9); norms after 1 and after "
     f"{args.steps} iterations; "
     f"{time.perf_counter() - start:.0f} s on {jax.default_backend()}. "
-    f"Command: `python -m benchmarks.trust_ratios {' '.join(argv)}`".rstrip()
+    f"Command: `{shlex.join(['python', '-m', 'benchmarks.trust_ratios', *argv])}`"
   )
   sections = ["## ‖w‖/‖g‖ per layer", setup, summary_table(results)]
   for name, rows in results.items():

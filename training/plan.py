@@ -51,6 +51,12 @@ class TrainingPlan:
   expected_top1: float | None
   recipe_source: str | None
 
+  def _describe_evaluation(self) -> str:
+    if not self.num_eval_steps:
+      return "evaluation: none"
+    every = f"every {self.eval_every_steps} steps and " if self.eval_every_steps else ""
+    return f"evaluation: {self.num_eval_steps} batches of {self.eval_batch_size}, {every}at the end"
+
   def describe(self) -> str:
     """A few lines for the start of a run."""
     expected = (
@@ -66,8 +72,7 @@ class TrainingPlan:
         f"steps: {self.steps_per_epoch}/epoch, schedule {self.schedule_steps} "
         f"(warm-up {self.warmup_steps}), this run {self.num_train_steps}",
         f"learning rate: γ_0 = {self.peak_learning_rate:g} ({self.lr_rule})",
-        f"evaluation: {self.num_eval_steps} batches of {self.eval_batch_size} every "
-        f"{self.eval_every_steps or self.num_train_steps} steps",
+        self._describe_evaluation(),
         f"expected: {expected}",
       )
     )

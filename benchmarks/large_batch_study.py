@@ -19,7 +19,7 @@ defaults: the paper's Algorithm 1, η = 0.001, β = 5e-4, biases and BN excluded
 Run from the repository root:
 
   python -m benchmarks.large_batch_study --dataset digits --dataset mnist1d --budget_minutes 30
-  python -m benchmarks.large_batch_study --quick            # seconds: the test's configuration
+  python -m benchmarks.large_batch_study --quick            # about a minute: the tests' settings
   python -m benchmarks.large_batch_study --dataset cifar10 --data_dir ~/tensorflow_datasets
 
 Outputs, per data set, in ``--output_dir`` (default benchmarks/results/): ``study_<dataset>.md`` (tables),
@@ -249,8 +249,10 @@ def run_study(
   )
   num_train = len(split.train_labels)
   cells = plan_cells(settings, {b: lars_optax.steps_per_epoch(num_train, b) for b in settings.batch_sizes})
-  models = {name: get_model(name, num_classes=split.num_classes) for name in settings.models}
-  evaluators = {name: study_engine.Evaluator(model) for name, model in models.items()}
+  models = {
+    name: study_engine.CompiledModel(get_model(name, num_classes=split.num_classes), split.train_images[:1])
+    for name in settings.models
+  }
   trainers = {}
   total = sum(len(c.seeds) * len(c.peak_learning_rates) * c.num_epochs for c in cells)
   bar = tqdm.tqdm(total=total, unit="run-epoch", disable=not progress, desc=settings.dataset)
@@ -268,7 +270,6 @@ def run_study(
         make_optimizer,
         split,
         cell.batch_size,
-        evaluators[cell.model],
         runs_per_call,
       )
     bar.set_postfix_str(f"{cell.model} {cell.optimizer} B={cell.batch_size} E={cell.num_epochs}")

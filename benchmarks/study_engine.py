@@ -167,19 +167,31 @@ def _model_call(model: nn.Module, params: Any, batch_stats: Any, images: jax.Arr
   return model.apply(variables, images, **kwargs)
 
 
-class Evaluator:
-  """Accuracy of stacked runs of one model on a fixed set, in padded batches (one compile per model)."""
+class CompiledModel:
+  """A model's initialisation and accuracy, compiled once and shared by all its grids.
 
-  def __init__(self, model: nn.Module, batch_size: int = 1000):
+  Args:
+    model: the Flax module.
+    sample_input: one example batch ``(1, ...)``, to initialise the parameters.
+    batch_size: evaluation batch (the evaluation set is padded to a multiple of it).
+  """
+
+  def __init__(self, model: nn.Module, sample_input: np.ndarray, batch_size: int = 1000):
+    self.model = model
     self._batch_size = batch_size
+
+    def init(key):
+      variables = model.init(key, sample_input, train=False)
+      return variables["params"], variables.get("batch_stats", {})
 
     def correct(params, batch_stats, images, labels, mask):
       logits = _model_call(model, params, batch_stats, images, train=False)
       return jnp.sum((jnp.argmax(logits, -1) == labels) & mask)
 
+    self.init = jax.jit(jax.vmap(init))
     self._correct = jax.jit(jax.vmap(correct, in_axes=(0, 0, None, None, None)))
 
-  def __call__(self, states: Sequence[RunState], images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+  def accuracy(self, states: Sequence[RunState], images: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Accuracy of every run of every chunk of ``states`` (concatenated, in run order)."""
     size, count = self._batch_size, len(labels)
     padded = -(-count // size) * size
@@ -248,25 +260,23 @@ class GridTrainer:
   """Trains grids of one (model, optimizer, batch size); the step compiles on the first call only.
 
   Args:
-    model: the Flax module.
+    model: the `CompiledModel`.
     make_optimizer: ``learning_rate -> optax.GradientTransformation`` (the rate may be traced).
     split: the data.
     batch_size: B, the global batch of one step (the last partial batch of an epoch is dropped).
-    evaluator: the model's `Evaluator`.
     runs_per_call: runs advanced by one call of the vmapped step (None: 1 on CPU, all elsewhere).
   """
 
   def __init__(
     self,
-    model: nn.Module,
+    model: CompiledModel,
     make_optimizer: Callable[[Any], optax.GradientTransformation],
     split: Split,
     batch_size: int,
-    evaluator: Evaluator,
     runs_per_call: int | None = None,
   ):
     self._split = split
-    self._evaluator = evaluator
+    self._model = model
     self._runs_per_call = runs_per_call
     self.batch_size = batch_size
     self.steps_per_epoch = lars_optax.steps_per_epoch(len(split.train_labels), batch_size)
@@ -274,11 +284,9 @@ class GridTrainer:
     self._labels = jnp.asarray(split.train_labels)
     num_classes = split.num_classes
 
-    def init(key):
-      variables = model.init(key, self._images[:1], train=False)
-      params = variables["params"]
+    def init(params, batch_stats):
       opt_state = make_optimizer(0.0).init(params)
-      return RunState(params, variables.get("batch_stats", {}), opt_state, jnp.zeros([], jnp.float32))
+      return RunState(params, batch_stats, opt_state, jnp.zeros([], jnp.float32))
 
     def train_step(state, learning_rate, order, key, step, images, labels):
       offset = (step % self.steps_per_epoch) * batch_size
@@ -287,7 +295,7 @@ class GridTrainer:
 
       def loss_fn(params):
         logits, updates = _model_call(
-          model,
+          model.model,
           params,
           state.batch_stats,
           images[batch],
@@ -331,7 +339,7 @@ class GridTrainer:
     start = time.perf_counter()
     plan = self._plan(seeds, peak_learning_rates)
     unit = self._unit_schedule(num_epochs, warmup_epochs)
-    states = [self._init(plan.init_keys[c]) for c in plan.chunks]
+    states = [self._init(*self._model.init(plan.init_keys[c])) for c in plan.chunks]
     layers = _adapted_layers(jax.tree.map(lambda x: x[0], states[0].params))
     has_diagnostics = bool(lars_optax.find_diagnostics(states[0].opt_state))
     losses, records = [], []
@@ -405,4 +413,4 @@ class GridTrainer:
   def _accuracy(self, states: Sequence[RunState], which: str, num_runs: int) -> np.ndarray:
     images = getattr(self._split, f"{which}_images")
     labels = getattr(self._split, f"{which}_labels")
-    return self._evaluator(states, images, labels)[:num_runs]
+    return self._model.accuracy(states, images, labels)[:num_runs]

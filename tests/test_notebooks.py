@@ -48,7 +48,6 @@ def test_runs_in_small_mode(path):
   notebook = nbformat.read(path, as_version=4)
   env = {key: value for key, value in os.environ.items() if key != "XLA_FLAGS"}
   env["LARS_NOTEBOOK_SMALL"] = "1"
-  env["MPLBACKEND"] = "Agg"
   client = NotebookClient(
     notebook,
     timeout=480,

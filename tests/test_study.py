@@ -181,9 +181,9 @@ def test_grid_trainer_matches_numpy_momentum_sgd(runs_per_call):
   y = rng.integers(0, 3, 40).astype(np.int32)
   split = study_engine.Split(x[:32], y[:32], x[32:], y[32:], x[32:], y[32:], 3)
   model = _Softmax()
-  evaluator = study_engine.Evaluator(model, batch_size=5)
+  compiled = study_engine.CompiledModel(model, x[:1], batch_size=5)
   make_optimizer = study_engine.OptimizerHparams(weight_decay=BETA).factory("sgd")
-  trainer = study_engine.GridTrainer(model, make_optimizer, split, 8, evaluator, runs_per_call)
+  trainer = study_engine.GridTrainer(compiled, make_optimizer, split, 8, runs_per_call)
   seeds, peaks = [3, 7], [0.05, 0.5]
   runs = trainer.run(seeds, peaks, num_epochs=3, warmup_epochs=1)
   for i, seed in enumerate(seeds):

@@ -95,10 +95,16 @@ def main() -> None:
   order = list(OPTIMIZERS)
   rng = random.Random(args.seed)
   times = {name: [] for name in OPTIMIZERS}
-  for _ in range(args.repetitions):
+  for round_index in range(args.repetitions):
     rng.shuffle(order)
     for name in order:
       times[name].append(run_once(name))
+    print(
+      f"round {round_index + 1}/{args.repetitions}: "
+      + ", ".join(f"{name} {times[name][-1]:.3f} s" for name in OPTIMIZERS),
+      file=sys.stderr,
+      flush=True,
+    )
 
   print(
     f"{args.model}, {global_batch} images of {args.image_size}x{args.image_size} "

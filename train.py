@@ -41,7 +41,8 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Index of this process, i
 
 
 def _default_workdir() -> str:
-  name = os.path.splitext(os.path.basename(_CONFIG.config_filename.split(":")[0]))[0]
+  filename = config_flags.get_config_filename(flags.FLAGS["config"])
+  name = os.path.splitext(os.path.basename(filename))[0]
   stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
   return os.path.join("workdir", f"{name}-{stamp}")
 

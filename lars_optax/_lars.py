@@ -156,12 +156,6 @@ def lars(
 
   def leaf_rate(grad, param, adapted, k, lr):
     """(rate of g, rate of w, Δw multiplier, λ, ‖w‖, ‖g‖) of one leaf, in float32: r d = r g + r β w."""
-    if not adapted:
-      ratio = jnp.ones(grad.shape[:k], jnp.float32)
-      param_norm = _trust_ratio.layer_norm(param, k, axis_name)
-      grad_norm = _trust_ratio.layer_norm(grad, k, axis_name)
-      rate, scale = (excluded_lr_scale * lr, -1.0) if inside else (1.0, -excluded_lr_scale * lr)
-      return rate, None, scale, ratio, param_norm, grad_norm
     ratio, param_norm, grad_norm = _trust_ratio.trust_ratio(
       param,
       grad,
@@ -171,7 +165,11 @@ def lars(
       trust_ratio_norm=trust_ratio_norm,
       layer_axes=k,
       axis_name=axis_name,
+      adapted=adapted,
     )
+    if not adapted:
+      rate, scale = (excluded_lr_scale * lr, -1.0) if inside else (1.0, -excluded_lr_scale * lr)
+      return rate, None, scale, ratio, param_norm, grad_norm
     if inside:
       rate, scale = (jnp.minimum(ratio, lr) if trust_clip else lr * ratio), -1.0
     else:

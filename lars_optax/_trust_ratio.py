@@ -75,12 +75,17 @@ def trust_ratio(
   trust_ratio_norm: str,
   layer_axes: int = 0,
   axis_name: str | None = None,
+  adapted: bool = True,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """λ, ‖w‖ and the denominator's gradient norm of one leaf, all float32 of shape ``shape[:layer_axes]``.
 
   ``trust_ratio_norm="paper"``: λ = η‖w‖/(‖g‖ + β‖w‖ + ε); ``"update"``: λ = η‖w‖/(‖g + βw‖ + ε).
-  λ = 1 where ‖w‖ = 0 or that gradient norm is 0; no NaN or Inf is formed on the way.
+  λ = 1 where ‖w‖ = 0 or that gradient norm is 0; no NaN or Inf is formed on the way. An excluded leaf
+  (``adapted=False``) has λ = 1 and reports ‖w‖ and ‖g‖ for the diagnostics.
   """
+  if not adapted:
+    ones = jnp.ones(jnp.shape(grad)[:layer_axes], jnp.float32)
+    return ones, layer_norm(param, layer_axes, axis_name), layer_norm(grad, layer_axes, axis_name)
   param_norm = layer_norm(param, layer_axes, axis_name)
   if trust_ratio_norm == "paper":
     grad_norm = layer_norm(grad, layer_axes, axis_name)
@@ -201,13 +206,6 @@ def scale_by_trust_ratio(
     lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
 
     def scale_leaf(grad, param, adapted, k):
-      if not adapted:
-        ratio, param_norm, grad_norm = (
-          jnp.ones(grad.shape[:k], jnp.float32),
-          layer_norm(param, k, axis_name),
-          layer_norm(grad, k, axis_name),
-        )
-        return grad, ratio, param_norm, grad_norm
       ratio, param_norm, grad_norm = trust_ratio(
         param,
         grad,
@@ -217,7 +215,10 @@ def scale_by_trust_ratio(
         trust_ratio_norm=trust_ratio_norm,
         layer_axes=k,
         axis_name=axis_name,
+        adapted=adapted,
       )
+      if not adapted:
+        return grad, ratio, param_norm, grad_norm
       factor = clipped_ratio(ratio, lr) if trust_clip else ratio
       factor = expand_to(factor, grad)
       # λ g + (λ β) w rather than λ (g + β w): with the "update" norm, g + β w would be shared with the

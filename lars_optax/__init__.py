@@ -9,6 +9,7 @@ from lars_optax._lars import LarsState, lars
 from lars_optax._masks import exclude_names, mask_table, print_mask_table, rank_mask
 from lars_optax._schedules import (
   MLPerfHparams,
+  epochs_to_steps,
   linear_scaling,
   mlperf_resnet50_hparams,
   sqrt_scaling,
@@ -25,6 +26,7 @@ __all__ = [
   "MLPerfHparams",
   "ScaleByTrustRatioState",
   "TrustRatioDiagnostics",
+  "epochs_to_steps",
   "exclude_names",
   "find_diagnostics",
   "flatten_diagnostics",

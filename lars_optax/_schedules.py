@@ -116,8 +116,28 @@ def warmup_polynomial_decay(
   return schedule
 
 
-def _epochs_to_steps(name: str, epochs: float, steps_per_epoch: float) -> int:
+def epochs_to_steps(epochs: float, steps_per_epoch: float, *, name: str = "epochs") -> int:
+  r"""The whole number of steps closest to ``epochs`` x ``steps_per_epoch``, halves rounded up.
+
+  :math:`\lfloor E \cdot S + 1/2 \rfloor`: 2.5 epochs of 1 step give 3 steps (Python's ``round``
+  would give 2). Every epoch-to-step conversion of the project goes through this function, so that a
+  schedule and the training loop that runs it agree on its length.
+
+  Args:
+    epochs: :math:`E \ge 0`, possibly fractional.
+    steps_per_epoch: :math:`S > 0`, possibly fractional (``num_examples / batch_size``).
+    name: the argument name used in error messages.
+
+  Returns:
+    The number of steps, :math:`\ge 0`.
+
+  Example:
+    >>> import lars_optax
+    >>> [lars_optax.epochs_to_steps(e, 1) for e in (0.4, 0.5, 2.5)]
+    [0, 1, 3]
+  """
   check_at_least(name, epochs, 0.0)
+  check_positive("steps_per_epoch", steps_per_epoch)
   return math.floor(epochs * steps_per_epoch + 0.5)
 
 
@@ -154,8 +174,8 @@ def warmup_polynomial_decay_from_epochs(
     An ``optax.Schedule``.
   """
   check_positive("steps_per_epoch", steps_per_epoch)
-  total_steps = _epochs_to_steps("num_epochs", num_epochs, steps_per_epoch)
-  warmup_steps = _epochs_to_steps("warmup_epochs", warmup_epochs, steps_per_epoch)
+  total_steps = epochs_to_steps(num_epochs, steps_per_epoch, name="num_epochs")
+  warmup_steps = epochs_to_steps(warmup_epochs, steps_per_epoch, name="warmup_epochs")
   if total_steps == 0:
     raise ValueError(f"num_epochs={num_epochs} gives no step at {steps_per_epoch} steps per epoch.")
   if warmup_epochs > num_epochs:

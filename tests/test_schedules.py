@@ -10,7 +10,7 @@ import pytest
 
 from lars_optax._schedules import (
   MLPerfHparams,
-  _epochs_to_steps,
+  epochs_to_steps,
   linear_scaling,
   mlperf_resnet50_hparams,
   sqrt_scaling,
@@ -162,7 +162,7 @@ def test_warmup_polynomial_decay_rejects_wrong_types(argument, value):
   ],
 )
 def test_epochs_round_to_nearest_step(epochs, steps_per_epoch_, steps):
-  assert _epochs_to_steps("num_epochs", epochs, steps_per_epoch_) == steps
+  assert epochs_to_steps(epochs, steps_per_epoch_) == steps
 
 
 def test_warmup_polynomial_decay_from_epochs_values():

@@ -25,6 +25,12 @@ def find_diagnostics(opt_state: Any) -> dict[str, TrustRatioDiagnostics]:
 
   Returns:
     A dict, empty when the state holds no LARS transformation.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, lars_optax
+    >>> opt = optax.chain(lars_optax.scale_by_trust_ratio(), optax.sgd(0.1))
+    >>> list(lars_optax.find_diagnostics(opt.init({"kernel": jnp.ones((2, 2))})))
+    ['0/diagnostics']
   """
   flat, _ = jax.tree_util.tree_flatten_with_path(
     opt_state, is_leaf=lambda node: isinstance(node, TrustRatioDiagnostics)
@@ -78,6 +84,15 @@ def flatten_diagnostics(diagnostics: TrustRatioDiagnostics, separator: str = "/"
 
   Returns:
     A flat dict of the per-layer arrays (scalars for ordinary layers), field-major.
+
+  Example:
+    >>> import jax.numpy as jnp, lars_optax
+    >>> params = {"kernel": jnp.ones((2, 2))}
+    >>> opt = lars_optax.lars(0.1)
+    >>> _, state = opt.update(params, opt.init(params), params)
+    >>> flat = lars_optax.flatten_diagnostics(lars_optax.get_diagnostics(state))
+    >>> {key: round(float(value), 6) for key, value in flat.items()}
+    {'trust_ratio/kernel': 0.001, 'param_norm/kernel': 2.0, 'grad_norm/kernel': 2.0}
   """
   flat = {}
   for field in DIAGNOSTIC_FIELDS:

@@ -1,40 +1,45 @@
 """LARS (You, Gitman & Ginsburg 2017, Algorithm 1) as one fused Optax transformation, with its variants."""
 
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax.typing import ArrayLike, DTypeLike
 
 from lars_optax import _masks, _trust_ratio, _validation
+from lars_optax._trust_ratio import LeafRates, TrustRatioDiagnostics
+from lars_optax._validation import Scalar
 
-LEARNING_RATE_PLACEMENTS = ("inside", "outside")
+LearningRatePlacement = Literal["inside", "outside"]
+"""Where γ_t multiplies: ``"inside"`` the momentum buffer (the paper's Algorithm 1) or ``"outside"`` it."""
+LEARNING_RATE_PLACEMENTS: tuple[str, ...] = get_args(LearningRatePlacement)
 
 
 class LarsState(NamedTuple):
   """State of :func:`lars`: one momentum buffer the size of the parameters, a counter and diagnostics."""
 
-  count: jax.Array  # int32 scalar: number of updates so far; γ_t is evaluated at it before it increments.
+  count: jax.Array  # type: ignore[assignment]  # int32 scalar: updates so far (Optax's name); γ_t is taken at it.
   momentum: optax.Updates  # v, like params, in ``accumulator_dtype`` (default: the parameters' dtype).
-  diagnostics: _trust_ratio.TrustRatioDiagnostics  # λ, ‖w‖, ‖g‖ of the last update, float32 per layer.
+  diagnostics: TrustRatioDiagnostics  # λ, ‖w‖, ‖g‖ of the last update, float32 per layer.
 
 
 def lars(
   learning_rate: optax.ScalarOrSchedule,
   *,
-  momentum: Any = 0.9,
-  weight_decay: Any = 0.0,
-  trust_coefficient: Any = 0.001,
-  eps: Any = 0.0,
+  momentum: ArrayLike = 0.9,
+  weight_decay: ArrayLike = 0.0,
+  trust_coefficient: ArrayLike = 0.001,
+  eps: ArrayLike = 0.0,
   nesterov: bool = False,
   mask: _masks.Mask = None,
   trust_clip: bool = False,
-  trust_ratio_norm: str = "paper",
-  learning_rate_placement: str = "inside",
-  excluded_lr_scale: Any = 1.0,
+  trust_ratio_norm: _trust_ratio.TrustRatioNorm = "paper",
+  learning_rate_placement: LearningRatePlacement = "inside",
+  excluded_lr_scale: ArrayLike = 1.0,
   layer_axes: _masks.LayerAxes = None,
-  accumulator_dtype: Any | None = None,
-  axis_name: str | None = None,
+  accumulator_dtype: DTypeLike | None = None,
+  axis_name: _trust_ratio.AxisName | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""LARS: momentum SGD with a layer-wise trust ratio; the default is exactly the paper's Algorithm 1.
 
@@ -129,81 +134,90 @@ def lars(
     Goyal et al., "Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour", 2017,
     https://arxiv.org/abs/1706.02677 (LR inside vs outside the momentum buffer).
   """
-  if not callable(learning_rate):
-    _validation.check_at_least("learning_rate", learning_rate, 0.0)
-  _validation.check_momentum("momentum", momentum)
+  _validation.check_learning_rate("learning_rate", learning_rate)
+  checked_momentum = _validation.check_momentum("momentum", momentum)
   _validation.check_bool("nesterov", nesterov)
+  _validation.check_bool("trust_clip", trust_clip)
   _validation.check_choice("learning_rate_placement", learning_rate_placement, LEARNING_RATE_PLACEMENTS)
-  _validation.check_at_least("excluded_lr_scale", excluded_lr_scale, 0.0)
-  _trust_ratio.check_trust_ratio_args(
+  excluded_scale = _validation.check_number("excluded_lr_scale", excluded_lr_scale, _validation.NON_NEGATIVE)
+  buffer_dtype = _validation.floating_dtype("accumulator_dtype", accumulator_dtype)
+  layerwise = _trust_ratio.LayerwiseTrustRatio.create(
     weight_decay=weight_decay,
     trust_coefficient=trust_coefficient,
     eps=eps,
     trust_ratio_norm=trust_ratio_norm,
-    trust_clip=trust_clip,
+    mask=mask,
+    layer_axes=layer_axes,
+    axis_name=axis_name,
   )
   inside = learning_rate_placement == "inside"
 
-  def init_fn(params: Any) -> LarsState:
-    _masks.resolve_mask(mask, params, layer_axes)
-    axes = _masks.resolve_layer_axes(layer_axes, params)
-    buffers = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=accumulator_dtype), params)
-    return LarsState(
-      count=jnp.zeros([], jnp.int32),
-      momentum=buffers,
-      diagnostics=_trust_ratio.init_diagnostics(params, axes),
-    )
+  def init_fn(params: optax.Params) -> LarsState:
+    diagnostics = layerwise.init(params)
+    buffers = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=buffer_dtype), params)
+    return LarsState(count=jnp.zeros([], jnp.int32), momentum=buffers, diagnostics=diagnostics)
 
-  def leaf_rate(grad, param, adapted, k, lr):
-    """(rate of g, rate of w, Δw multiplier, λ, ‖w‖, ‖g‖) of one leaf, in float32: r d = r g + r β w."""
-    ratio, param_norm, grad_norm = _trust_ratio.trust_ratio(
-      param,
-      grad,
-      weight_decay=weight_decay,
-      trust_coefficient=trust_coefficient,
-      eps=eps,
-      trust_ratio_norm=trust_ratio_norm,
-      layer_axes=k,
-      axis_name=axis_name,
-      adapted=adapted,
-    )
+  def leaf_step_rule(
+    diagnostics: TrustRatioDiagnostics, grad: jax.Array, adapted: bool, lr: Scalar
+  ) -> _LeafStepRule:
+    """The rates of d and the multiplier of Δw for one leaf, from its trust ratio and γ_t."""
     if not adapted:
-      rate, scale = (excluded_lr_scale * lr, -1.0) if inside else (1.0, -excluded_lr_scale * lr)
-      return rate, None, scale, ratio, param_norm, grad_norm
-    if inside:
+      if inside:  # v <- m v + s γ g;  Δw = -v
+        return _LeafStepRule(LeafRates(excluded_scale * lr, None), -1.0)
+      return _LeafStepRule(LeafRates(1.0, None), -excluded_scale * lr)  # v <- m v + g;  Δw = -s γ v
+    ratio = diagnostics.trust_ratio
+    scale: Scalar
+    if inside:  # v <- m v + γ λ d (LARC: min(λ, γ) d);  Δw = -v
       rate, scale = (jnp.minimum(ratio, lr) if trust_clip else lr * ratio), -1.0
-    else:
+    else:  # v <- m v + λ d (LARC: min(λ/γ, 1) d);  Δw = -γ v
       rate, scale = (_trust_ratio.clipped_ratio(ratio, lr) if trust_clip else ratio), -lr
     rate = _trust_ratio.expand_to(rate, grad)
-    return rate, rate * weight_decay, scale, ratio, param_norm, grad_norm
+    return _LeafStepRule(LeafRates(rate, rate * layerwise.weight_decay), scale)
 
-  def update_fn(updates, state, params=None, **extra_args):
+  def update_fn(
+    updates: optax.Updates, state: LarsState, params: optax.Params | None = None, **extra_args: Any
+  ) -> tuple[optax.Updates, LarsState]:
     del extra_args
-    if params is None:
-      raise ValueError(_validation.NO_PARAMS_MSG)
-    flags = _masks.resolve_mask(mask, params, layer_axes)
-    axes = _masks.resolve_layer_axes(layer_axes, params)
-    lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+    layout = layerwise.layout(params)
+    lr = _trust_ratio.learning_rate_at(learning_rate, state.count)
 
-    def update_leaf(grad, param, velocity, adapted, k):
-      grad_rate, param_rate, scale, ratio, param_norm, grad_norm = leaf_rate(grad, param, adapted, k, lr)
+    def update_leaf(
+      grad: jax.Array, param: jax.Array, velocity: jax.Array, adapted: bool, num_layer_axes: int
+    ) -> _LeafStep:
+      diagnostics = layerwise.of_leaf(param, grad, adapted, num_layer_axes)
+      rule = leaf_step_rule(diagnostics, grad, adapted, lr)
+      new_velocity = _trust_ratio.add_scaled_direction(  # v <- m v + r d
+        checked_momentum * velocity.astype(jnp.float32), grad, param, rule.rates
+      )
+      descent = (
+        _trust_ratio.add_scaled_direction(
+          checked_momentum * new_velocity, grad, param, rule.rates
+        )  # m v + r d
+        if nesterov
+        else new_velocity
+      )
+      new_update = (rule.update_scale * descent).astype(grad.dtype)  # Δw = -v (inside) or -γ v (outside)
+      return _LeafStep(new_update, new_velocity.astype(velocity.dtype), diagnostics)
 
-      def add_step(base):  # base + r d, as base + r g + (r β) w
-        # Not r (g + β w) shared by several consumers: XLA would store it as a full-size temporary.
-        total = base + grad_rate * grad.astype(jnp.float32)
-        return total if param_rate is None else total + param_rate * param.astype(jnp.float32)
-
-      new_velocity = add_step(momentum * velocity.astype(jnp.float32))  # v <- m v + r d
-      descent = add_step(momentum * new_velocity) if nesterov else new_velocity
-      new_update = (scale * descent).astype(grad.dtype)  # Δw = -v (inside) or -γ v (outside)
-      return new_update, new_velocity.astype(velocity.dtype), ratio, param_norm, grad_norm
-
-    results = jax.tree.map(update_leaf, updates, params, state.momentum, flags, axes)
-    new_updates, new_momentum, *diagnostics = _trust_ratio.unzip_leaf_results(results, updates, 5)
-    return new_updates, LarsState(
-      count=optax.safe_increment(state.count),
-      momentum=new_momentum,
-      diagnostics=_trust_ratio.TrustRatioDiagnostics(*diagnostics),
+    step = _trust_ratio.map_leaves(
+      update_leaf, _LeafStep, updates, params, state.momentum, layout.adapted, layout.num_layer_axes
     )
+    new_state = LarsState(_trust_ratio.next_count(state.count), step.momentum, step.diagnostics)
+    return step.update, new_state
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, _trust_ratio.as_update_fn(update_fn))
+
+
+class _LeafStepRule(NamedTuple):
+  """How one leaf's step is formed: v <- m v + rates·d;  Δw = update_scale · v (or the Nesterov form)."""
+
+  rates: LeafRates
+  update_scale: Scalar  # -1 (inside), -γ_t or -s γ_t (outside).
+
+
+class _LeafStep(NamedTuple):
+  """One leaf's result in :func:`lars`."""
+
+  update: jax.Array
+  momentum: jax.Array
+  diagnostics: TrustRatioDiagnostics

@@ -11,15 +11,71 @@ the rank test looks at the rank of one layer.
 """
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 import jax
 import numpy as np
 
 Params = Any
 MaskTree = Any
+"""A pytree of bools with the structure of the parameters (True: adapted)."""
 Mask = MaskTree | Callable[[Params], MaskTree] | None
+"""None (the rank mask), a :data:`MaskTree`, or a callable mapping the parameters to one."""
 LayerAxes = int | Any | Callable[[Params], Any] | None
+"""None (0), an int for every leaf, a pytree of ints with the structure of the parameters, or a callable."""
+
+_LAYER_AXES_ALLOWED = (
+  "None, a non-negative int, a pytree of non-negative ints with the structure of the parameters, or a "
+  "callable of the parameters returning one"
+)
+_MASK_ALLOWED = "None, a pytree of bools with the structure of the parameters, or a callable returning one"
+
+
+def _is_count(value: Any) -> TypeGuard[int | np.integer]:
+  return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def check_layer_axes(layer_axes: LayerAxes) -> None:
+  """Raises TypeError/ValueError naming ``layer_axes`` and what it may be, unless it is of an allowed form.
+
+  Checks what can be checked without the parameters: a callable is not called, and a pytree's structure is
+  compared with the parameters only by :func:`resolve_layer_axes`.
+  """
+  if layer_axes is None or callable(layer_axes):
+    return
+  if _is_count(layer_axes):
+    if layer_axes < 0:
+      raise ValueError(f"layer_axes must be {_LAYER_AXES_ALLOWED}; got {layer_axes}.")
+    return
+  if jax.tree_util.treedef_is_leaf(jax.tree.structure(layer_axes)):
+    raise TypeError(
+      f"layer_axes must be {_LAYER_AXES_ALLOWED}; got {type(layer_axes).__name__} {layer_axes!r}."
+    )
+  for path, count in jax.tree_util.tree_flatten_with_path(layer_axes)[0]:
+    if not _is_count(count):
+      raise TypeError(
+        f"layer_axes at {path_to_str(path)!r} must be an int, got {type(count).__name__} {count!r}."
+      )
+    if count < 0:
+      raise ValueError(f"layer_axes at {path_to_str(path)!r} must be >= 0, got {count}.")
+
+
+def check_mask(mask: Mask) -> None:
+  """Raises TypeError naming ``mask`` unless it is None, a callable, or a pytree whose leaves are bools."""
+  if mask is None or callable(mask):
+    return
+  if isinstance(mask, str):
+    raise TypeError(
+      f"mask must be {_MASK_ALLOWED}; got the string {mask!r} (to exclude leaves by name, pass "
+      f"lars_optax.exclude_names({mask!r}))."
+    )
+  for path, flag in jax.tree_util.tree_flatten_with_path(mask)[0]:
+    if not isinstance(flag, bool | np.bool_):
+      where = f" at {path_to_str(path)!r}" if path else ""
+      raise TypeError(
+        f"mask{where} must be a Python bool, got {type(flag).__name__}. Masks select code paths, so they "
+        f"must be concrete ({_MASK_ALLOWED})."
+      )
 
 
 def path_to_str(path: Sequence[Any], separator: str = "/") -> str:
@@ -57,21 +113,22 @@ def resolve_layer_axes(layer_axes: LayerAxes, params: Params) -> Any:
     params: the parameters.
 
   Raises:
+    TypeError: when ``layer_axes`` or a count in it is not of an allowed form (:func:`check_layer_axes`).
     ValueError: when a count is negative, exceeds a leaf's rank, or the structure does not match.
   """
   if layer_axes is None:
     layer_axes = 0
   if callable(layer_axes):
     layer_axes = layer_axes(params)
-  if isinstance(layer_axes, int | np.integer) and not isinstance(layer_axes, bool):
-    counts = jax.tree.map(lambda _: int(layer_axes), params)
+  check_layer_axes(layer_axes)
+  if _is_count(layer_axes):
+    same_count = int(layer_axes)
+    counts = jax.tree.map(lambda _: same_count, params)
   else:
     _check_same_structure("layer_axes", layer_axes, params)
     counts = layer_axes
   for path, (count, leaf) in _zip_with_path(counts, params):
-    if not isinstance(count, int | np.integer) or isinstance(count, bool):
-      raise TypeError(f"layer_axes at {path_to_str(path)!r} must be an int, got {count!r}.")
-    if not 0 <= count <= _ndim(leaf):
+    if not count <= _ndim(leaf):
       raise ValueError(
         f"layer_axes at {path_to_str(path)!r} must be in [0, {_ndim(leaf)}] (the leaf's rank), got {count}."
       )
@@ -81,7 +138,7 @@ def resolve_layer_axes(layer_axes: LayerAxes, params: Params) -> Any:
 def rank_mask(params: Params, *, layer_axes: LayerAxes = None) -> MaskTree:
   """The default mask: a leaf is adapted when the rank of one layer is above 1.
 
-  With ``k`` leading layer axes, a leaf of rank ``r`` is adapted when ``r - k > 1``: kernels are adapted;
+  A leaf of rank ``r`` with ``a`` leading layer axes is adapted when ``r - a > 1``: kernels are adapted;
   biases, batch-norm scales and offsets (rank 1, or ``(L, C)`` when stacked over ``L`` layers) are not.
 
   Args:
@@ -90,6 +147,15 @@ def rank_mask(params: Params, *, layer_axes: LayerAxes = None) -> MaskTree:
 
   Returns:
     A pytree of Python bools with the structure of ``params``.
+
+  Example:
+    >>> import jax.numpy as jnp, lars_optax
+    >>> params = {"Dense_0": {"kernel": jnp.ones((3, 4)), "bias": jnp.zeros(4)}}
+    >>> lars_optax.rank_mask(params)
+    {'Dense_0': {'bias': False, 'kernel': True}}
+    >>> stacked = {"blocks": {"kernel": jnp.ones((6, 3, 4)), "bias": jnp.zeros((6, 4))}}  # 6 scanned layers
+    >>> lars_optax.rank_mask(stacked, layer_axes=1)
+    {'blocks': {'bias': False, 'kernel': True}}
   """
   counts = resolve_layer_axes(layer_axes, params)
   return jax.tree.map(lambda leaf, count: _ndim(leaf) - count > 1, params, counts)
@@ -107,6 +173,13 @@ def exclude_names(*substrings: str) -> Callable[[Params], MaskTree]:
 
   Returns:
     A callable mapping the parameters to a pytree of bools (``True`` = adapted).
+
+  Example:
+    >>> import jax.numpy as jnp, lars_optax
+    >>> params = {"Dense_0": {"kernel": jnp.ones((3, 4))}, "LayerNorm_0": {"scale": jnp.ones((2, 4))}}
+    >>> lars_optax.exclude_names("LayerNorm")(params)  # a rank-2 scale, excluded by name
+    {'Dense_0': {'kernel': True}, 'LayerNorm_0': {'scale': False}}
+    >>> opt = lars_optax.lars(0.1, mask=lars_optax.exclude_names("bias", "LayerNorm"))
   """
   if not substrings or not all(isinstance(s, str) and s for s in substrings):
     raise ValueError(f"substrings must be one or more non-empty strings, got {substrings!r}.")
@@ -133,6 +206,7 @@ def resolve_mask(mask: Mask, params: Params, layer_axes: LayerAxes = None) -> Ma
   """
   if mask is None:
     return rank_mask(params, layer_axes=layer_axes)
+  check_mask(mask)
   tree = mask(params) if callable(mask) else mask
   _check_same_structure("mask", tree, params)
   for path, (flag, _) in _zip_with_path(tree, params):
@@ -154,6 +228,12 @@ def mask_table(params: Params, mask: Mask = None, *, layer_axes: LayerAxes = Non
 
   Returns:
     The table as a string, ending with a summary line of leaf and parameter counts.
+
+  Example:
+    >>> import jax.numpy as jnp, lars_optax
+    >>> params = {"Dense_0": {"kernel": jnp.ones((3, 4)), "bias": jnp.zeros(4)}}
+    >>> lars_optax.mask_table(params).splitlines()[-1]
+    '2 leaves: 1 adapted (12 parameters), 1 excluded (4 parameters)'
   """
   flags = resolve_mask(mask, params, layer_axes)
   rows = []
@@ -179,12 +259,26 @@ def mask_table(params: Params, mask: Mask = None, *, layer_axes: LayerAxes = Non
 
 
 def print_mask_table(params: Params, mask: Mask = None, *, layer_axes: LayerAxes = None) -> None:
-  """Prints :func:`mask_table` for ``params``: see what your mask does before training."""
+  """Prints :func:`mask_table` for ``params``: see what your mask does before training.
+
+  Example:
+    >>> import jax.numpy as jnp, lars_optax
+    >>> params = {"Dense_0": {"kernel": jnp.ones((3, 4)), "bias": jnp.zeros(4)}}
+    >>> params["BatchNorm_0"] = {"scale": jnp.ones(4)}
+    >>> lars_optax.print_mask_table(params)
+    path               shape   size  adapted
+    -----------------  ------  ----  -------
+    BatchNorm_0/scale  (4,)    4     no
+    Dense_0/bias       (4,)    4     no
+    Dense_0/kernel     (3, 4)  12    yes
+    3 leaves: 1 adapted (12 parameters), 2 excluded (8 parameters)
+  """
   print(mask_table(params, mask, layer_axes=layer_axes))
 
 
 def _check_same_structure(name: str, tree: Any, params: Params) -> None:
-  tree_def, params_def = jax.tree.structure(tree), jax.tree.structure(params)
+  tree_def: Any = jax.tree.structure(tree)  # PyTreeDefs (untyped for mypy)
+  params_def: Any = jax.tree.structure(params)
   if tree_def != params_def:
     raise ValueError(
       f"{name} must have the structure of the parameters.\n  {name}: {_summary(tree_def)}\n"

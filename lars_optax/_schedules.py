@@ -10,8 +10,9 @@ from numbers import Integral
 from typing import Any, NamedTuple
 
 import optax
+from jax.typing import ArrayLike
 
-from lars_optax._validation import check_at_least, check_bool, check_positive
+from lars_optax._validation import check_at_least, check_bool, check_number, check_positive
 
 
 def _as_int(name: str, value: Any) -> int:
@@ -28,13 +29,13 @@ def _positive_int(name: str, value: Any) -> int:
 
 
 def warmup_polynomial_decay(
-  peak_value: float,
+  peak_value: ArrayLike,
   *,
   total_steps: int,
   warmup_steps: int = 0,
-  init_value: float = 0.0,
-  end_value: float = 0.0,
-  power: float = 2.0,
+  init_value: ArrayLike = 0.0,
+  end_value: ArrayLike = 0.0,
+  power: ArrayLike = 2.0,
   warmup_from_first_step: bool = False,
 ) -> optax.Schedule:
   r"""Linear warm-up followed by polynomial decay: the LARS paper's and MLPerf's schedule.
@@ -73,6 +74,11 @@ def warmup_polynomial_decay(
   Returns:
     An ``optax.Schedule``; jit-able, takes Python ints or traced integer counts.
 
+  Raises:
+    TypeError: for a step count that is not an integer, a value that is not a real number (str, None,
+      bool), or a non-bool ``warmup_from_first_step``.
+    ValueError: for an infinite, NaN or out-of-range value or count.
+
   Example:
     >>> import lars_optax
     >>> schedule = lars_optax.warmup_polynomial_decay(2.0, total_steps=10, warmup_steps=4)
@@ -99,7 +105,7 @@ def warmup_polynomial_decay(
     ("init_value", init_value),
     ("end_value", end_value),
   ):
-    check_at_least(name, value, 0.0)
+    check_number(name, value)
 
   decay_steps = total_steps - warmup_steps
   if decay_steps > 0:
@@ -142,14 +148,14 @@ def epochs_to_steps(epochs: float, steps_per_epoch: float, *, name: str = "epoch
 
 
 def warmup_polynomial_decay_from_epochs(
-  peak_value: float,
+  peak_value: ArrayLike,
   *,
   num_epochs: float,
   warmup_epochs: float,
   steps_per_epoch: float,
-  init_value: float = 0.0,
-  end_value: float = 0.0,
-  power: float = 2.0,
+  init_value: ArrayLike = 0.0,
+  end_value: ArrayLike = 0.0,
+  power: ArrayLike = 2.0,
   warmup_from_first_step: bool = False,
 ) -> optax.Schedule:
   r"""`warmup_polynomial_decay` with its lengths given in (possibly fractional) epochs.
@@ -172,6 +178,14 @@ def warmup_polynomial_decay_from_epochs(
 
   Returns:
     An ``optax.Schedule``.
+
+  Example:
+    >>> import lars_optax
+    >>> schedule = lars_optax.warmup_polynomial_decay_from_epochs(
+    ...   1.0, num_epochs=2.5, warmup_epochs=0.5, steps_per_epoch=2
+    ... )  # T = 5 steps, W = 1
+    >>> [round(float(schedule(t)), 4) for t in range(6)]
+    [0.0, 1.0, 0.5625, 0.25, 0.0625, 0.0]
   """
   check_positive("steps_per_epoch", steps_per_epoch)
   total_steps = epochs_to_steps(num_epochs, steps_per_epoch, name="num_epochs")
@@ -201,9 +215,15 @@ def steps_per_epoch(num_examples: int, batch_size: int, *, drop_remainder: bool 
 
   Returns:
     The number of steps, at least 1 (`ValueError` naming ``num_examples`` otherwise).
+
+  Example:
+    >>> import lars_optax
+    >>> [lars_optax.steps_per_epoch(1_281_167, 32_768, drop_remainder=d) for d in (True, False)]
+    [39, 40]
   """
   num_examples = _positive_int("num_examples", num_examples)
   batch_size = _positive_int("batch_size", batch_size)
+  check_bool("drop_remainder", drop_remainder)
   if drop_remainder and num_examples < batch_size:
     raise ValueError(
       f"num_examples must be >= batch_size={batch_size} when dropping the remainder, got {num_examples}."
@@ -215,7 +235,7 @@ def _batch_ratio(base_learning_rate: float, batch_size: int, base_batch_size: in
   check_at_least("base_learning_rate", base_learning_rate, 0.0)
   check_positive("batch_size", batch_size)
   check_positive("base_batch_size", base_batch_size)
-  return batch_size / base_batch_size
+  return float(batch_size / base_batch_size)
 
 
 def linear_scaling(base_learning_rate: float, batch_size: int, *, base_batch_size: int = 256) -> float:
@@ -228,6 +248,14 @@ def linear_scaling(base_learning_rate: float, batch_size: int, *, base_batch_siz
     base_learning_rate: :math:`\gamma_{base}`, tuned at batch size :math:`B_0`.
     batch_size: :math:`B`, the new global batch size.
     base_batch_size: :math:`B_0`.
+
+  Returns:
+    :math:`\gamma`, a float.
+
+  Example:
+    >>> import lars_optax
+    >>> lars_optax.linear_scaling(0.1, 8192)  # Goyal et al.: 0.1 per 256 examples
+    3.2
 
   References:
     Goyal et al., `Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour
@@ -245,6 +273,14 @@ def sqrt_scaling(base_learning_rate: float, batch_size: int, *, base_batch_size:
     base_learning_rate: :math:`\gamma_{base}`, tuned at batch size :math:`B_0`.
     batch_size: :math:`B`, the new global batch size.
     base_batch_size: :math:`B_0`.
+
+  Returns:
+    :math:`\gamma`, a float.
+
+  Example:
+    >>> import lars_optax
+    >>> lars_optax.sqrt_scaling(0.1, 25_600)  # 100 times the batch: 10 times the rate
+    1.0
 
   References:
     Krizhevsky, `One weird trick for parallelizing convolutional neural networks
@@ -278,8 +314,8 @@ class MLPerfHparams(NamedTuple):
 
 
 # (exclusive upper bound on the global batch size, hyperparameters). Every number is a default of
-# Google's JAX ResNet-50 MLPerf Training v0.7 submission (γ0 and warm-up as in LARS_NOTES.md §3,
-# which rounds the last row to 23.08 and 0.954).
+# Google's JAX ResNet-50 MLPerf Training v0.7 submission (Kumar et al. 2021, below); the docstring's
+# table rounds the last row to 23.08 and 0.954.
 _MLPERF_TABLE = (
   (16_384, MLPerfHparams(10.0, 5, 0.9, 2e-4, 56)),
   (32_768, MLPerfHparams(25.0, 5, 0.9, 2e-4, 56)),
@@ -302,14 +338,21 @@ def mlperf_resnet50_hparams(batch_size: int) -> MLPerfHparams:
 
   All rows: end learning rate 1e-4, power 2, label smoothing 0.1, trust coefficient 0.001, eps 0,
   biases and batch-norm parameters excluded (the `lars` defaults). The epochs are the submission's
-  defaults; time-to-accuracy entries trained fewer at small batches (about 35 at 3K and 42-46 at 8K,
-  LARS_NOTES.md §6). Rows above 64K extrapolate the 64K recipe.
+  defaults; MLPerf Training time-to-accuracy entries trained fewer at small batches (about 35 epochs
+  at 3K and 42-46 at 8K). Rows above 64K extrapolate the 64K recipe.
 
   Args:
     batch_size: the positive global batch size.
 
   Returns:
     The `MLPerfHparams` of the row holding ``batch_size``.
+
+  Example:
+    >>> import lars_optax
+    >>> hparams = lars_optax.mlperf_resnet50_hparams(32_768)
+    >>> hparams.learning_rate, hparams.warmup_epochs, hparams.momentum, hparams.num_epochs
+    (29.0, 18, 0.929, 64)
+    >>> schedule = hparams.learning_rate_schedule(steps_per_epoch=1_281_167 / 32_768)
 
   References:
     Kumar et al., `Scale MLPerf-0.6 models on Google TPU-v3 Pods <https://arxiv.org/abs/1909.09756>`_,

@@ -1,13 +1,61 @@
-"""An independent float64 NumPy re-derivation of LARS and its variants, written from the formulas.
+"""An independent float64 NumPy re-derivation of LARS and its variants, written from the formulas; and the
+shared test problem (parameters, gradients, a changing learning rate) with a jitted runner for any optimizer.
 
-Nothing here imports lars_optax: each step is transcribed from LARS_NOTES sections 1-2 (paper Algorithm 1,
-update-norm, LR-outside, LARC and Nesterov forms), one layer slice at a time with explicit loops.
+Nothing here imports lars_optax. Each step is transcribed from You, Gitman & Ginsburg, "Large Batch Training
+of Convolutional Networks" (2017, https://arxiv.org/abs/1708.03888: Algorithm 1 and eq. 6) and from the
+variants' formulas as the README's variant table and ``lars_optax.lars``'s docstring state them (update norm
+‖g + βw‖, LR outside the buffer, LARC's min(λ, γ), Nesterov), one layer slice at a time with explicit loops.
 """
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+
+NUM_STEPS = 4
+
+
+def schedule(count: Any) -> Any:
+  """A learning rate that changes every step (so inside/outside placements differ)."""
+  return 0.5 / (1.0 + count) + 0.1 * count
+
+
+def make_problem(seed: int = 0) -> tuple[dict[str, np.ndarray], list[dict[str, np.ndarray]]]:
+  """A small parameter dict (kernels, a bias, a batch-norm scale, a zero kernel) and NUM_STEPS gradients."""
+  rng = np.random.default_rng(seed)
+  shapes = {
+    "conv/kernel": (3, 3, 2, 4),
+    "dense/kernel": (6, 5),
+    "dense/bias": (5,),
+    "bn/scale": (4,),
+    "zero/kernel": (4, 3),  # zero-initialised: λ = 1 on its first step.
+  }
+  params = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
+  params["zero/kernel"][:] = 0.0
+  grads = [
+    {k: (rng.normal(size=s) * 10.0 ** rng.uniform(-3, 1)).astype(np.float32) for k, s in shapes.items()}
+    for _ in range(NUM_STEPS)
+  ]
+  return params, grads
+
+
+def run_lars(opt: optax.GradientTransformation, params: Any, grads: Sequence[Any]) -> tuple[Any, Any]:
+  """Runs any Optax transformation ``opt`` under jit over ``grads``; returns the final params and state."""
+  params = jax.tree.map(jnp.asarray, params)
+  state = opt.init(params)
+
+  @jax.jit
+  def step(params, state, grad):
+    updates, state = opt.update(grad, state, params)
+    return optax.apply_updates(params, updates), state
+
+  for grad in grads:
+    params, state = step(params, state, grad)
+  return params, state
 
 
 @dataclass(frozen=True)

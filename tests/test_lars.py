@@ -11,47 +11,7 @@ import pytest
 
 import lars_optax
 from tests import lars_reference
-
-NUM_STEPS = 4
-
-
-def schedule(count):
-  """A learning rate that changes every step (so inside/outside placements differ)."""
-  return 0.5 / (1.0 + count) + 0.1 * count
-
-
-def make_problem(seed: int = 0):
-  rng = np.random.default_rng(seed)
-  shapes = {
-    "conv/kernel": (3, 3, 2, 4),
-    "dense/kernel": (6, 5),
-    "dense/bias": (5,),
-    "bn/scale": (4,),
-    "zero/kernel": (4, 3),  # zero-initialised: λ = 1 on its first step.
-  }
-  params = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
-  params["zero/kernel"][:] = 0.0
-  grads = [
-    {k: (rng.normal(size=s) * 10.0 ** rng.uniform(-3, 1)).astype(np.float32) for k, s in shapes.items()}
-    for _ in range(NUM_STEPS)
-  ]
-  return params, grads
-
-
-def run_lars(opt, params, grads):
-  """Runs ``opt`` under jit over the gradient sequence; returns final params and the last state."""
-  params = jax.tree.map(jnp.asarray, params)
-  state = opt.init(params)
-
-  @jax.jit
-  def step(params, state, grad):
-    updates, state = opt.update(grad, state, params)
-    return optax.apply_updates(params, updates), state
-
-  for grad in grads:
-    params, state = step(params, state, grad)
-  return params, state
-
+from tests.lars_reference import NUM_STEPS, make_problem, run_lars, schedule
 
 VARIANTS = {
   "paper": dict(weight_decay=5e-4),
@@ -337,6 +297,39 @@ def test_layer_axes_out_of_range_raises():
     lars_optax.lars(0.1, layer_axes=3).init({"kernel": jnp.ones((2, 2))})
 
 
-def test_schedules_and_arrays_are_not_validated():
-  lars_optax.lars(lambda count: -1.0)  # a schedule is user code; it is not called at construction.
-  lars_optax.lars(jnp.asarray(0.1), momentum=jnp.asarray(0.9), weight_decay=jnp.asarray(1e-4))
+def test_array_hyperparameters_give_the_same_steps_as_floats():
+  params, grads = make_problem(7)
+  as_floats = lars_optax.lars(0.3, momentum=0.9, weight_decay=1e-3, trust_coefficient=0.002, eps=1e-6)
+  as_arrays = lars_optax.lars(
+    jnp.asarray(0.3),
+    momentum=jnp.asarray(0.9),
+    weight_decay=np.float32(1e-3),
+    trust_coefficient=np.asarray(0.002),
+    eps=jnp.asarray(1e-6),
+    excluded_lr_scale=jnp.asarray(1.0),
+  )
+  expected, _ = lars_reference.run(
+    params,
+    grads,
+    [0.3] * NUM_STEPS,
+    {k: v.ndim > 1 for k, v in params.items()},
+    lars_reference.Hyper(weight_decay=1e-3, trust_coefficient=0.002, eps=1e-6),
+  )
+  chex.assert_trees_all_close(run_lars(as_arrays, params, grads)[0], expected, rtol=2e-5, atol=1e-6)
+  chex.assert_trees_all_close(
+    run_lars(as_arrays, params, grads)[0], run_lars(as_floats, params, grads)[0], rtol=1e-6, atol=1e-7
+  )
+
+
+def test_traced_hyperparameters_construct_under_jit():
+  params, grads = make_problem(8)
+  params, grad = jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, grads[0])
+
+  @jax.jit
+  def traced_step(learning_rate, weight_decay, momentum):
+    opt = lars_optax.lars(learning_rate, weight_decay=weight_decay, momentum=momentum)
+    return opt.update(grad, opt.init(params), params)[0]
+
+  opt = lars_optax.lars(0.2, weight_decay=1e-3, momentum=0.8)
+  expected = opt.update(grad, opt.init(params), params)[0]
+  chex.assert_trees_all_close(traced_step(0.2, 1e-3, 0.8), expected, rtol=1e-6, atol=1e-7)

@@ -12,7 +12,7 @@ import optax
 import pytest
 
 import lars_optax
-from tests.test_lars import NUM_STEPS, make_problem, run_lars, schedule
+from tests.lars_reference import NUM_STEPS, make_problem, run_lars, schedule
 
 
 def rank_mask(params):
@@ -282,7 +282,8 @@ def test_byol_row():
 
 
 def test_paper_variant_equals_timm_at_constant_lr():
-  # LARS_NOTES section 2: with a constant γ the paper variant equals timm's Lars step for step.
+  # Inside and outside placements differ only when γ changes (lars docstring; Goyal et al. 2017, sec. 2):
+  # with a constant γ the paper variant equals timm's Lars (LR outside the buffer) step for step.
   params, grads = make_problem(26)
   no_decay = {k for k, v in params.items() if v.ndim <= 1}
   expected = timm_lars(

@@ -13,7 +13,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import lars_optax
 from tests import lars_reference
-from tests.test_lars import NUM_STEPS, make_problem, run_lars, schedule
+from tests.lars_reference import NUM_STEPS, make_problem, run_lars, schedule
 
 NUM_DEVICES = 8
 

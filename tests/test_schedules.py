@@ -252,7 +252,8 @@ def test_scaling_rules_reject_bad_arguments(rule, args, kwargs, argument):
     rule(*args, **kwargs)
 
 
-# batch size -> (γ0, warm-up epochs, momentum, weight decay, epochs); LARS_NOTES.md §3 rounding.
+# batch size -> (γ0, warm-up epochs, momentum, weight decay, epochs), rounded as in the table of
+# mlperf_resnet50_hparams's docstring (MLPerf Training v0.7, Google's JAX ResNet-50 submission).
 _MLPERF_ROWS = {
   1024: (10.0, 5, 0.9, 2e-4, 56),
   8192: (10.0, 5, 0.9, 2e-4, 56),

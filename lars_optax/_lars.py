@@ -89,7 +89,7 @@ def lars(
   under ``optax.apply_if_finite`` a skipped step keeps the previous values.
 
   Args:
-    learning_rate: γ_t, a float or an Optax schedule (evaluated at the count before it increments).
+    learning_rate: γ_t ≥ 0, a float or an Optax schedule (evaluated at the count before it increments).
     momentum: m in [0, 1).
     weight_decay: β ≥ 0, applied by the optimizer to adapted leaves (keep it out of the loss).
     trust_coefficient: η > 0 (the paper keeps 0.001).
@@ -103,7 +103,7 @@ def lars(
     excluded_lr_scale: s ≥ 0, the LR multiplier of excluded leaves (1: the global LR, as MLPerf).
     layer_axes: leading axes of a leaf that index stacked layers (int, pytree of ints, or callable);
       norms and trust ratios are then per slice and the default mask looks at the rank of one slice.
-    accumulator_dtype: dtype of the momentum buffer (default: each parameter's dtype).
+    accumulator_dtype: floating-point dtype of the momentum buffer (default: each parameter's dtype).
     axis_name: a ``pmap``/``shard_map`` axis over which every leaf is split (FSDP/ZeRO); squared norms are
       summed over it so that each trust ratio is that of the whole leaf. Leave it ``None`` under ``jit``
       with shardings, where norms are global automatically.
@@ -112,8 +112,20 @@ def lars(
     An ``optax.GradientTransformationExtraArgs``; ``update(grads, state, params)`` requires ``params``.
 
   Raises:
-    ValueError: at construction, for a negative learning rate or weight decay, momentum outside [0, 1), a
-      non-positive trust coefficient, a negative eps or excluded_lr_scale, or an unknown option name.
+    TypeError: at construction, for a number that is not a real number (a str, None, a bool, complex), a
+      flag that is not a bool, an option name that is not a str, a ``mask``, ``layer_axes``, ``axis_name``
+      or ``accumulator_dtype`` not of an allowed form; at ``init``, for parameters that are not floating
+      point (their fractional updates would be truncated).
+    ValueError: at construction, for an infinite or NaN hyperparameter, a negative learning rate or weight
+      decay, momentum outside [0, 1), a non-positive trust coefficient, a negative eps or
+      excluded_lr_scale, an unknown option name or a non-floating ``accumulator_dtype``; at ``init``, for a
+      ``mask`` or ``layer_axes`` that does not fit the parameters.
+
+  What construction checks: Python and NumPy numbers in full. A JAX array or tracer (e.g. from
+  ``optax.inject_hyperparams`` under ``jit``) only for a numeric scalar dtype and shape: its value is not
+  read, so that construction never waits for a device. A schedule is evaluated eagerly at steps 0, 1, 10,
+  100, ..., 10^7 (int32 counts, as Optax passes them) and must be finite and ≥ 0 there; a schedule that
+  raises or returns a tracer outside ``jit`` is left unchecked, and so are the steps in between.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax, lars_optax

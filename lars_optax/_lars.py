@@ -201,13 +201,9 @@ def lars(
       new_velocity = _trust_ratio.add_scaled_direction(  # v <- m v + r d
         checked_momentum * velocity.astype(jnp.float32), grad, param, rule.rates
       )
-      descent = (
-        _trust_ratio.add_scaled_direction(
-          checked_momentum * new_velocity, grad, param, rule.rates
-        )  # m v + r d
-        if nesterov
-        else new_velocity
-      )
+      descent = new_velocity
+      if nesterov:  # m v + r d
+        descent = _trust_ratio.add_scaled_direction(checked_momentum * new_velocity, grad, param, rule.rates)
       new_update = (rule.update_scale * descent).astype(grad.dtype)  # Δw = -v (inside) or -γ v (outside)
       return _LeafStep(new_update, new_velocity.astype(velocity.dtype), diagnostics)
 

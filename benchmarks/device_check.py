@@ -648,22 +648,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   }
 
   def guarded(part: str, function: Callable[[], Any]) -> Any:
+    """``results[part] = function()`` (None if it raised: the error is recorded), then the files rewritten."""
+    results[part] = None
     try:
-      return function()
+      results[part] = function()
     except Exception as error:  # record it, keep the other parts' figures
       results["errors"].append(f"{part}: {type(error).__name__}: {str(error)[:2000]}")
       traceback.print_exc()
-      return None
-    finally:
-      write(results, args.output_dir, deadline)
+    write(results, args.output_dir, deadline)
+    return results[part]
 
   # Smoke mode runs on the CPU even where an accelerator is the default device.
   on_device = jax.default_device(device) if hasattr(jax, "default_device") else contextlib.nullcontext()
   with on_device:
-    copy = guarded("copy bandwidth", lambda: measure_copy_bandwidth(args))
-    results["copy_bandwidth"] = copy
+    copy = guarded("copy_bandwidth", lambda: measure_copy_bandwidth(args))
     bandwidth = copy["bytes_per_s"] if copy else None
-    results["update"] = guarded("update", lambda: update_part(args, bandwidth, deadline))
+    guarded("update", lambda: update_part(args, bandwidth, deadline))
     gc.collect()
 
     def train(batch_size: int) -> dict[str, Any]:
@@ -690,7 +690,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         part["fallback_reason"] = f"batch {args.batch_size} ran out of memory: {str(error)[:500]}"
         return part
 
-    results["train"] = guarded("train", train_with_fallback)
+    guarded("train", train_with_fallback)
     gc.collect()
     batch_size = results["train"]["per_device_batch"] if results["train"] else args.batch_size
 
@@ -714,7 +714,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       }
       return part
 
-    results["accumulation"] = guarded("accumulation", accumulation)
+    guarded("accumulation", accumulation)
   print(markdown(results))
   return results
 

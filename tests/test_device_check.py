@@ -272,3 +272,11 @@ def test_smoke_flags_keep_explicit_values():
     128,
     4,
   )
+
+
+def test_readme_gives_the_device_command():
+  readme = (REPO_ROOT / "README.md").read_text()
+  command = "python3 -m benchmarks.device_check --output_dir $OUT"
+  assert f"`PYTHONUNBUFFERED=1 {command}`" in readme
+  args = device_check.parse_args(command.split()[3:])
+  assert (args.smoke, args.time_budget_s) == (False, 300.0)

@@ -116,16 +116,17 @@ SMOKE = dict(
   accum_steps_per_round=1,
   train_warmup=1,
   train_compile_estimate_s=5.0,
-  time_budget_s=240.0,
+  time_budget_s=900.0,  # a safety net only: the test suite expects every part, even on a loaded machine
+  update_budget_s=900.0,
 )
 
 
 class Deadline:
   """Seconds left of the budget, counted from the creation of this object."""
 
-  def __init__(self, budget_s: float):
+  def __init__(self, budget_s: float, start: float | None = None):
     self.budget_s = budget_s
-    self.start = time.monotonic()
+    self.start = time.monotonic() if start is None else start
 
   def elapsed(self) -> float:
     return time.monotonic() - self.start
@@ -217,8 +218,34 @@ def measure_copy_bandwidth(args: argparse.Namespace) -> dict[str, Any]:
   return {"bytes_per_copy": moved, "times_s": times, "median_s": median, "bytes_per_s": moved / median}
 
 
+def _time_modes(
+  result: dict[str, Any],
+  mode: str,
+  programs: dict[str, Callable[..., Any]],
+  carries: dict[str, tuple[Any, Any]],
+  grads: Any,
+  args: argparse.Namespace,
+) -> None:
+  """Times ``programs`` (each runs ``--update_inner`` updates) interleaved; stores per-update figures."""
+  timings = update_speed.time_interleaved(
+    programs, carries, grads, repetitions=args.update_repetitions, warmup=args.update_warmup, seed=args.seed
+  )
+  sgd_median = float(np.median(timings.wall[BASELINE])) / args.update_inner
+  for name, wall in timings.wall.items():
+    times = [float(t) / args.update_inner for t in wall]
+    entry = {"times_s": times, **median_quartiles(times)}
+    entry["ratio_to_sgd"] = entry["median_s"] / sgd_median
+    entry["ratio_to_sgd_per_round"] = float(np.median(np.asarray(wall) / timings.wall[BASELINE]))
+    result["optimizers"][name][mode] = entry
+
+
 def update_part(args: argparse.Namespace, bandwidth: float | None, deadline: Deadline) -> dict[str, Any]:
-  """Part 1: the optimizer update on the model's parameter tree (see the module docstring)."""
+  """Part 1: the optimizer update on the model's parameter tree (see the module docstring).
+
+  The one-update programs (kernel counts, *dispatch* times) come first; the ``fori_loop`` programs
+  (*in-program* times) are compiled only while ``--update_budget_s`` allows, so that the training parts
+  keep their time.
+  """
   shapes = update_speed.model_param_shapes(args.model, args.image_size)
   leaves = jax.tree.leaves(shapes)
   adapted = jax.tree.leaves(lars_optax.rank_mask(shapes))
@@ -241,24 +268,26 @@ def update_part(args: argparse.Namespace, bandwidth: float | None, deadline: Dea
     "skipped": [],
     "optimizers": {},
   }
-  dispatch, in_program, carries, loop_carries = {}, {}, {}, {}
-  compile_estimate = 0.0
-  for name, opt in optimizers.items():
-    if not deadline.allows(3 * compile_estimate + 10):
-      result["skipped"].append(f"{name}: not compiled, {deadline.left():.0f} s of the budget left")
-      continue
-    start = time.perf_counter()
+  update_deadline = Deadline(min(args.update_budget_s, args.time_budget_s), start=deadline.start)
+
+  def own_copy(opt: optax.GradientTransformation) -> tuple[Any, Any]:
     # Each program donates its own buffers. ``init`` under jit: eager ``lars_optax`` init shares one zero
     # buffer among its diagnostics, which a program that reads the state cannot take donated twice.
-    init = jax.jit(opt.init)
     own = jax.tree.map(jnp.copy, params)
-    state = init(own)
-    compiled = update_speed.compile_step(opt, own, state, grads)
-    loop_own = jax.tree.map(jnp.copy, params)
-    loop_state = init(loop_own)
-    loop = compile_loop(opt, loop_own, loop_state, grads, args.update_inner)
+    return own, jax.jit(opt.init)(own)
+
+  dispatch, carries, estimate = {}, {}, 0.0
+  for name, opt in optimizers.items():
+    if not update_deadline.allows(2 * estimate + 5):
+      result["skipped"].append(
+        f"{name}: not compiled, {update_deadline.left():.0f} s of the update budget left"
+      )
+      continue
+    carries[name] = own_copy(opt)
+    start = time.perf_counter()
+    compiled = update_speed.compile_step(opt, *carries[name], grads)
     compile_s = time.perf_counter() - start
-    compile_estimate = max(compile_estimate, compile_s)
+    estimate = max(estimate, compile_s)
     kernels = hlo_stats.count_kernels(compiled.as_text())
     floor = SGD_BYTES_PER_PARAM * num_params
     if name != BASELINE:
@@ -274,32 +303,27 @@ def update_part(args: argparse.Namespace, bandwidth: float | None, deadline: Dea
       "bytes_floor": floor,
       "bytes_xla": hlo_stats.bytes_accessed(compiled),
     }
-    dispatch[name], carries[name] = _repeated(compiled, args.update_inner), (own, state)
-    in_program[name], loop_carries[name] = loop, (loop_own, loop_state)
-
-  if BASELINE not in result["optimizers"]:
+    dispatch[name] = _repeated(compiled, args.update_inner)
+  if BASELINE not in dispatch:
     return result
-  for mode, programs, mode_carries, per_call in (
-    ("dispatch", dispatch, carries, args.update_inner),
-    ("in_program", in_program, loop_carries, args.update_inner),
-  ):
-    timings = update_speed.time_interleaved(
-      programs,
-      mode_carries,
-      grads,
-      repetitions=args.update_repetitions,
-      warmup=args.update_warmup,
-      seed=args.seed,
-    )
-    sgd_median = float(np.median(timings.wall[BASELINE])) / per_call
-    for name, wall in timings.wall.items():
-      times = [float(t) / per_call for t in wall]
-      entry = {"times_s": times, **median_quartiles(times)}
-      entry["ratio_to_sgd"] = entry["median_s"] / sgd_median
-      entry["ratio_to_sgd_per_round"] = float(np.median(np.asarray(wall) / timings.wall[BASELINE]))
-      result["optimizers"][name][mode] = entry
+  _time_modes(result, "dispatch", dispatch, carries, grads, args)
+  del dispatch, carries
+
+  loops, loop_carries = {}, {}
+  for name in result["optimizers"]:
+    if not update_deadline.allows(2 * estimate + 5):
+      result["skipped"].append(
+        f"{name}: in-program loop not compiled, {update_deadline.left():.0f} s of the update budget left"
+      )
+      continue
+    loop_carries[name] = own_copy(optimizers[name])
+    start = time.perf_counter()
+    loops[name] = compile_loop(optimizers[name], *loop_carries[name], grads, args.update_inner)
+    estimate = max(estimate, time.perf_counter() - start)
+  if BASELINE in loops:
+    _time_modes(result, "in_program", loops, loop_carries, grads, args)
   for figures in result["optimizers"].values():
-    median = figures["in_program"]["median_s"]
+    median = figures.get("in_program", figures["dispatch"])["median_s"]
     for kind in ("floor", "xla"):
       moved = figures[f"bytes_{kind}"]
       roofline = moved / bandwidth if bandwidth and moved else None
@@ -425,12 +449,13 @@ def train_part(
   }
   runs = {}
   for name in order:
-    # A compile and the timing that follows it: compile_estimate, plus warm-up and rounds.
-    if not deadline.allows(compile_estimate * 1.5 + 15):
+    # A compile and the timing that follows it. The estimate is the latest compile's time: later ones reuse
+    # XLA's autotuning results for the same convolutions and are faster than the first.
+    if not deadline.allows(compile_estimate * 1.2 + 10):
       result["skipped"].append(f"{name}: not compiled, {deadline.left():.0f} s of the budget left")
       continue
     compiled, state, batch, info = build_train_step(name, args, device, batch_size, accum_steps)
-    compile_estimate = max(compile_estimate, info["compile_s"])
+    compile_estimate = info["compile_s"]
     runs[name] = [compiled, state, batch]
     result["optimizers"][name] = info
   if not runs:
@@ -473,9 +498,14 @@ def goal_lines(results: dict[str, Any]) -> list[str]:
       )
 
   update = (results.get("update") or {}).get("optimizers", {})
-  lars_update = update.get("lars_optax.lars", {}).get("in_program")
-  check("LARS update, in-program (ms)", lars_update and 1e3 * lars_update["median_s"], GOALS["update_ms"])
-  check("LARS update / SGD update", lars_update and lars_update["ratio_to_sgd"], GOALS["update_vs_sgd"])
+  lars = update.get("lars_optax.lars", {})
+  mode = "in_program" if "in_program" in lars else "dispatch"
+  lars_update = lars.get(mode)
+  label = mode.replace("_", "-")
+  check(f"LARS update, {label} (ms)", lars_update and 1e3 * lars_update["median_s"], GOALS["update_ms"])
+  check(
+    f"LARS update / SGD update, {label}", lars_update and lars_update["ratio_to_sgd"], GOALS["update_vs_sgd"]
+  )
   train = results.get("train") or {}
   sgd_step = train.get("optimizers", {}).get("sgd", {}).get("median_s")
   share = lars_update["median_s"] / sgd_step if lars_update and sgd_step else None
@@ -521,7 +551,8 @@ def markdown(results: dict[str, Any]) -> str:
       "",
       f"{update['num_leaves']} leaves, {update['num_params']:,} float32 parameters "
       f"({update['num_adapted_params']:,} adapted); {update['repetitions']} interleaved rounds of "
-      f"{update['inner']} updates. Bytes: floor = arithmetic (20 B/parameter, +8 B/adapted parameter "
+      f"{update['inner']} updates; roofline fractions against the in-program time (the dispatch time "
+      "where that was skipped). Bytes: floor = arithmetic (20 B/parameter, +8 B/adapted parameter "
       "for the norms), XLA = the compiled program's cost analysis; roofline = bytes / copy bandwidth.",
       "",
       "| optimizer | in-program (ms) | x SGD | dispatch (ms) | x SGD | kernels (fusions, custom calls) "
@@ -529,12 +560,14 @@ def markdown(results: dict[str, Any]) -> str:
       "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, fig in update["optimizers"].items():
-      if "in_program" not in fig:
+      if "dispatch" not in fig:
         continue
       xla = "-" if fig["bytes_xla"] is None else f"{fig['bytes_xla'] / 1e6:.0f}"
       fraction = fig["roofline_floor_fraction"]
+      loop = fig.get("in_program")
+      loop_ratio = f"{loop['ratio_to_sgd']:.2f}" if loop else "-"
       lines.append(
-        f"| {name} | {_ms(fig['in_program']['median_s'])} | {fig['in_program']['ratio_to_sgd']:.2f} "
+        f"| {name} | {_ms(loop and loop['median_s'])} | {loop_ratio} "
         f"| {_ms(fig['dispatch']['median_s'])} | {fig['dispatch']['ratio_to_sgd']:.2f} "
         f"| {fig['kernels']} ({fig['fusions']}, {fig['custom_calls']}) "
         f"| {fig['bytes_floor'] / 1e6:.0f} / {xla} | {_ms(fig['roofline_floor_s'])} "
@@ -607,6 +640,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     "--fallback_batch_size", type=int, default=128, help="if --batch_size runs out of memory"
   )
   parser.add_argument("--accum_steps", type=int, default=4, help="k of part 3")
+  parser.add_argument(
+    "--update_budget_s", type=float, default=110.0, help="no update compilation after this (from the start)"
+  )
   parser.add_argument("--update_repetitions", type=int, default=30)
   parser.add_argument("--update_inner", type=int, default=20, help="updates per timing (see docstring)")
   parser.add_argument("--update_warmup", type=int, default=2)

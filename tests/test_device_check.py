@@ -6,6 +6,7 @@ as on the accelerator machine that runs the full check.
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -127,10 +128,14 @@ print("BLOCKED MODULES LOADED:", loaded)
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-  """Runs ``--smoke`` once in a subprocess without TF/TFDS/ml-collections/clu; returns (results, md, s)."""
+  """Runs ``--smoke`` once in a subprocess without TF/TFDS/ml-collections/clu.
+
+  Returns the JSON results, the markdown report and the CPU seconds the run took.
+  """
   output = tmp_path_factory.mktemp("device_check")
   env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
   start = time.perf_counter()
+  cpu_start = resource.getrusage(resource.RUSAGE_CHILDREN)
   process = subprocess.run(
     [sys.executable, "-c", _SMOKE_RUN.format(blocked=BLOCKED, output=str(output))],
     cwd=REPO_ROOT,
@@ -140,10 +145,13 @@ def smoke(tmp_path_factory):
     timeout=400,
   )
   seconds = time.perf_counter() - start
+  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+  cpu_seconds = usage.ru_utime + usage.ru_stime - cpu_start.ru_utime - cpu_start.ru_stime
   assert process.returncode == 0, process.stderr[-4000:]
   assert "BLOCKED MODULES LOADED: []" in process.stdout
   results = json.loads((output / "device_check.json").read_text())
-  return results, (output / "device_check.md").read_text(), seconds
+  print(f"smoke run: {seconds:.1f} s wall, {cpu_seconds:.1f} s CPU")
+  return results, (output / "device_check.md").read_text(), cpu_seconds
 
 
 def _params(model_name, image_size):
@@ -247,7 +255,8 @@ def test_smoke_training_figures_are_consistent_with_their_timings(smoke):
 @pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_smoke_mode_is_quick(smoke):
-  assert smoke[2] < 120, f"the smoke run took {smoke[2]:.0f} s (about 30 s on 2 idle cores)"
+  # CPU time rather than wall time, which a loaded machine stretches: 47 s (30 s wall) on 2 idle cores.
+  assert smoke[2] < 150, f"the smoke run took {smoke[2]:.0f} CPU seconds"
 
 
 def test_an_exhausted_budget_skips_every_compilation(tmp_path):

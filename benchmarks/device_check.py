@@ -3,22 +3,23 @@
 Three parts, on the first device JAX sees (``--smoke``: tiny sizes, on the CPU), in this order:
 
 1. **The update** on the ResNet-50 parameter tree (``models.get_model("resnet50")``, shapes via
-   ``jax.eval_shape``; 161 leaves, 25,557,032 parameters): one jitted update + ``optax.apply_updates``
-   with donated buffers, for momentum SGD with weight decay (the baseline), ``lars_optax.lars`` (the paper,
-   and ``trust_ratio_norm="update"``), ``chain(lars_optax.scale_by_trust_ratio, optax.sgd)`` and
-   ``optax.lars``, built by `benchmarks.update_speed.make_optimizers` (same LR, momentum, weight decay and
-   rank mask). Each is timed two ways in interleaved rounds (a fresh random order each round, through
-   `benchmarks.update_speed.time_interleaved`): *dispatch*, ``--update_inner`` calls of the one-update
-   program back to back, the device queue kept full by asynchronous dispatch (what a loop of update
-   calls costs, host dispatch included); and *in-program*, ``--update_inner`` updates in one
-   ``lax.fori_loop`` program (device time per update, as inside a training step, plus a loop iteration).
-   Per optimizer: the median times, the ratio to SGD, the kernels per update counted from the compiled
-   HLO (`benchmarks.hlo_stats.count_kernels` gives the rule), and the bytes moved against a measured copy
+   ``jax.eval_shape``; 161 leaves, 25,557,032 parameters): one jitted update + ``optax.apply_updates`` with
+   donated buffers, for momentum SGD with weight decay (the baseline), ``lars_optax.lars`` (the paper, and
+   ``trust_ratio_norm="update"``), ``chain(lars_optax.scale_by_trust_ratio, optax.sgd)`` and ``optax.lars``,
+   built by `benchmarks.update_speed.make_optimizers` (same LR, momentum, weight decay and rank mask). Each is
+   timed two ways in interleaved rounds (a fresh random order each round, through
+   `benchmarks.update_speed.time_interleaved`): *dispatch*, ``--update_inner`` calls of the one-update program
+   back to back, the device queue kept full by asynchronous dispatch (what a loop of update calls costs, host
+   dispatch included); and *in-program*, ``--update_inner`` updates in one ``lax.fori_loop`` program (device
+   time per update, as inside a training step, plus a loop iteration). The one-update programs come first; the
+   loop programs are compiled only while ``--update_budget_s`` allows, so that parts 2 and 3 keep their time.
+   Per optimizer: the median times, the ratio to SGD, the kernels per update counted from the compiled HLO
+   (`benchmarks.hlo_stats.count_kernels` gives the rule), and the bytes moved against a measured copy
    bandwidth (the roofline). Bytes are given two ways: the arithmetic floor (float32: SGD reads w, g, v and
    writes w, v, 20 bytes per parameter; LARS reads w and g once more for the norms, +8 bytes per adapted
-   parameter) and XLA's cost-model count of the compiled program (operands and results of every kernel,
-   an upper estimate). The copy bandwidth is that of a jitted ``x + 1`` on a ``--copy_mib`` float32
-   array, counting the bytes read and written.
+   parameter) and XLA's cost-model count of the compiled program (operands and results of every kernel, an
+   upper estimate). The copy bandwidth is that of a jitted ``x + 1`` on a ``--copy_mib`` float32 array,
+   counting the bytes read and written.
 2. **Training throughput**: train.py's own step (`training.steps.Jit`, ``train_step``: forward, backward,
    update, batch-norm statistics) on one device, ResNet-50, bf16 compute with float32 parameters,
    ``--batch_size`` images per device (``--fallback_batch_size`` if that runs out of memory), synthetic
@@ -153,7 +154,16 @@ def environment(device: jax.Device, argv: list[str]) -> dict[str, Any]:
     "numpy": np.__version__,
     "python": platform.python_version(),
     "machine": platform.machine(),
+    "platform_version": _platform_version(device),
   }
+
+
+def _platform_version(device: jax.Device) -> str | None:
+  """The backend's own version string (on GPU it names the CUDA and cuDNN versions), where exposed."""
+  try:
+    return str(device.client.platform_version)
+  except Exception:  # not every jax version exposes the client
+    return None
 
 
 def peak_memory(device: jax.Device) -> dict[str, int] | None:

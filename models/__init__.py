@@ -7,9 +7,9 @@ their statistics in ``batch_stats``, dropout models need ``rngs={"dropout": key}
 
 from models.alexnet import (
   AlexNet,
+  AlexNet1D,
+  AlexNet1DBN,
   AlexNetBN,
-  Conv1D,
-  Conv1DBN,
   ConvLayer,
   SmallAlexNet,
   SmallAlexNetBN,
@@ -33,11 +33,11 @@ from models.resnet import (
 __all__ = [
   "MODELS",
   "AlexNet",
+  "AlexNet1D",
+  "AlexNet1DBN",
   "AlexNetBN",
   "BottleneckResNetBlock",
   "CifarStem",
-  "Conv1D",
-  "Conv1DBN",
   "ConvLayer",
   "ImageNetStem",
   "LocalResponseNorm",

@@ -11,7 +11,7 @@ two subclasses differ only in how each hidden layer is normalised:
   A bias in front of batch norm would be cancelled by the mean subtraction, so those layers drop it
   (the BN offset plays its part).
 
-The defaults are the paper's ImageNet network. Smaller nets (``SmallAlexNet``, ``Conv1D`` and their
+The defaults are the paper's ImageNet network. Smaller nets (``SmallAlexNet``, ``AlexNet1D`` and their
 BN twins) are partials of the same classes with a shorter layer list.
 """
 
@@ -72,7 +72,7 @@ SMALL_ALEXNET_LAYERS = (
 )
 
 # For MNIST-1D signals of shape (length 40, 1 channel): 40 → 20 → 10 after the pools.
-CONV1D_LAYERS = (
+ALEXNET1D_LAYERS = (
   ConvLayer(32, (5,)),
   ConvLayer(32, (5,), pool=True),
   ConvLayer(64, (3,), pool=True),
@@ -234,8 +234,8 @@ class AlexNetBN(_AlexNetBase):
 
 
 _SMALL = dict(layers=SMALL_ALEXNET_LAYERS, hidden_features=(256, 256), pool_padding="SAME")
-_CONV1D = dict(
-  layers=CONV1D_LAYERS,
+_ALEXNET1D = dict(
+  layers=ALEXNET1D_LAYERS,
   hidden_features=(128,),
   pool_window=(3,),
   pool_strides=(2,),
@@ -247,6 +247,7 @@ _CONV1D = dict(
 # after the two hidden dense layers, as in AlexNet; no grouped layers.
 SmallAlexNet = functools.partial(AlexNet, **_SMALL)
 SmallAlexNetBN = functools.partial(AlexNetBN, **_SMALL)
-# MNIST-1D, (40, 1) signals, 10 classes: 94,890 parameters (95,146 with BN); no LRN, no dropout.
-Conv1D = functools.partial(AlexNet, **_CONV1D)
-Conv1DBN = functools.partial(AlexNetBN, **_CONV1D)
+# The same pattern on 1-D signals (registered as "conv1d" / "conv1d_bn"): MNIST-1D, (40, 1) signals,
+# 10 classes: 94,890 parameters (95,146 with BN); no LRN, no dropout.
+AlexNet1D = functools.partial(AlexNet, **_ALEXNET1D)
+AlexNet1DBN = functools.partial(AlexNetBN, **_ALEXNET1D)

@@ -22,8 +22,8 @@ MODELS: Mapping[str, Callable[..., nn.Module]] = MappingProxyType(
     "resnet20": resnet.ResNet20,  # 32x32x3 (any size divisible by 4)
     "small_alexnet": alexnet.SmallAlexNet,  # 8x8 to 32x32 images
     "small_alexnet_bn": alexnet.SmallAlexNetBN,  # 8x8 to 32x32 images
-    "conv1d": alexnet.Conv1D,  # MNIST-1D signals, (length 40, 1 channel)
-    "conv1d_bn": alexnet.Conv1DBN,  # MNIST-1D signals, (length 40, 1 channel)
+    "conv1d": alexnet.AlexNet1D,  # MNIST-1D signals, (length 40, 1 channel)
+    "conv1d_bn": alexnet.AlexNet1DBN,  # MNIST-1D signals, (length 40, 1 channel)
   }
 )
 

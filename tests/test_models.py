@@ -159,6 +159,8 @@ def test_registry_holds_the_contract_names():
   assert set(MODELS) == set(DOCUMENTED_INPUT)
   assert isinstance(get_model("resnet50", num_classes=7), models.ResNet)
   assert get_model("small_alexnet_bn", num_classes=3, dropout_rate=0.1).dropout_rate == 0.1
+  # The MNIST-1D nets are whole networks of the AlexNet builder, registered under their data's names.
+  assert (MODELS["conv1d"], MODELS["conv1d_bn"]) == (models.AlexNet1D, models.AlexNet1DBN)
 
 
 def test_unknown_model_raises_listing_the_known_names():
@@ -220,20 +222,62 @@ def test_other_input_sizes_give_logits(name, shape):
   assert (logits.shape, logits.dtype) == ((4, 10), jnp.float32)
 
 
+def _resnet50_at_init_numpy(params, x, eps=1e-5):
+  """ResNet-50's evaluation-mode forward pass at initialisation, in float64 NumPy, from the architecture.
+
+  With zero-initialised residual scales every bottleneck's residual branch is exactly 0, so a block is
+  relu(shortcut(x)): the identity (its input is already ≥ 0) or, in the first block of each stage, the
+  1x1 projection (stride 2 from the second stage on) and its batch norm. Batch norm in evaluation mode
+  with the initial statistics (mean 0, variance 1) is scale · x / sqrt(1 + ε) + bias.
+  """
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+
+  def bn(h, q):
+    return q["scale"] * h / np.sqrt(1 + eps) + q["bias"]
+
+  # Stem: 7x7 convolution, stride 2, padding 3 on each side; batch norm; ReLU.
+  kernel = p["stem"]["conv_init"]["kernel"]
+  padded = np.pad(np.asarray(x, np.float64), ((0, 0), (3, 3), (3, 3), (0, 0)))
+  size = (padded.shape[1] - 7) // 2 + 1
+  h = sum(
+    padded[:, i : i + 2 * size : 2, j : j + 2 * size : 2, :] @ kernel[i, j]
+    for i in range(7)
+    for j in range(7)
+  )
+  h = np.maximum(bn(h, p["stem"]["bn_init"]), 0)
+  # 3x3 max-pooling, stride 2, SAME: ceil(size / 2) outputs, the one padded row and column at the end.
+  out = -(-size // 2)
+  pad = max((out - 1) * 2 + 3 - size, 0)
+  padded = np.pad(
+    h, ((0, 0), (pad // 2, pad - pad // 2), (pad // 2, pad - pad // 2), (0, 0)), constant_values=-np.inf
+  )
+  h = np.max(
+    [padded[:, i : i + 2 * out : 2, j : j + 2 * out : 2, :] for i in range(3) for j in range(3)], axis=0
+  )
+  for index in range(16):  # stages of 3, 4, 6, 3 blocks; blocks 3, 7 and 13 open stages 2-4
+    block = p[f"BottleneckResNetBlock_{index}"]
+    if "conv_proj" in block:
+      stride = 2 if index in (3, 7, 13) else 1
+      h = bn(h[:, ::stride, ::stride, :] @ block["conv_proj"]["kernel"][0, 0], block["norm_proj"])
+    h = np.maximum(h, 0)
+  return h.mean(axis=(1, 2)) @ p["head"]["kernel"] + p["head"]["bias"]
+
+
 @pytest.mark.timeout(300)
 def test_resnet50_small_resolution_forward():
   model = models.ResNet50(num_classes=10)
-  x = jnp.ones((2, 32, 32, 3))
+  x = jax.random.normal(jax.random.key(8), (2, 32, 32, 3))
   init = jax.jit(functools.partial(model.init_with_output, train=False))
   logits, variables = init(jax.random.key(0, impl="rbg"), x)
   assert (logits.shape, logits.dtype) == ((2, 10), jnp.float32)
-  assert np.all(np.isfinite(logits))
-  np.testing.assert_allclose(logits[0], logits[1], rtol=1e-6)  # same input, same logits
   # Zero-initialised residual scales: the third batch norm of every bottleneck block starts at 0.
   for index in range(16):
     block = variables["params"][f"BottleneckResNetBlock_{index}"]
     np.testing.assert_array_equal(block["BatchNorm_1"]["scale"], 1.0)
     np.testing.assert_array_equal(block["BatchNorm_2"]["scale"], 0.0)
+  expected = _resnet50_at_init_numpy(variables["params"], x)
+  assert not np.allclose(expected[0], expected[1], rtol=0.1)  # the two inputs give different logits
+  np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
 
 
 def test_resnet50_is_v1_5_stride_on_the_3x3_conv():

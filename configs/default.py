@@ -49,7 +49,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.trust_coefficient = 0.001  # η.
   config.lars_eps = 0.0  # ε in the trust ratio's denominator.
   config.label_smoothing = 0.0
-  config.skip_nonfinite_steps = False  # Skip (and count) steps whose gradients are not finite.
+  config.skip_nonfinite_steps = False  # Skip (and count) non-finite steps; False: such a step stops the run.
+  config.max_consecutive_skips = 10  # With skipping, more non-finite steps than this in a row stop the run.
 
   # Batch: `batch_size` is the global batch of one optimizer step (the paper's B), all devices and all
   # accumulated micro-batches together.

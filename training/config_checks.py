@@ -61,6 +61,7 @@ _RULES: tuple[tuple[str, Callable[[object], bool], str], ...] = (
   ("diagnostics_every_steps", lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
   ("checkpoint_every_steps", lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
   ("keep_checkpoints", lambda v: _is_int(v) and v > 0, "a positive integer"),
+  ("max_consecutive_skips", lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
 )
 
 # (field, registry): the field must name an entry of the registry.

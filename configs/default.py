@@ -30,7 +30,16 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Model (models.MODELS) and numerics.
   config.model = "small_alexnet_bn"
-  config.model_kwargs = ml_collections.ConfigDict()  # Extra module fields, e.g. dropout_rate.
+  # Module fields of `model` (None: the module's default), e.g. --config.model_kwargs.dropout_rate=0.5;
+  # a config file may add other fields of the module. Checked against the module's fields at start.
+  config.model_kwargs = ml_collections.ConfigDict(
+    {
+      "dropout_rate": placeholder(float),  # AlexNets: dropout after each hidden dense layer.
+      "bn_momentum": placeholder(float),  # Models with batch norm: running-average momentum.
+      "bn_epsilon": placeholder(float),  # Models with batch norm: variance epsilon.
+      "num_filters": placeholder(int),  # ResNets: channels of the first stage.
+    }
+  )
   config.half_precision = False  # bfloat16 activations; parameters and optimizer state stay float32.
   config.sync_batch_norm = True  # Batch statistics over all devices (False: per device).
 

@@ -105,7 +105,8 @@ class _Window:
 def _make_parallelism(config: ml_collections.ConfigDict, run: plan.TrainingPlan, num_classes: int):
   """The model, the optimizer and the compiled steps of ``config.parallelism``."""
   dtype = jnp.bfloat16 if config.half_precision else jnp.float32
-  model = models.get_model(config.model, num_classes=num_classes, dtype=dtype, **config.model_kwargs)
+  kwargs = config_checks.model_kwargs(config)  # The fields set, unset placeholders left out.
+  model = models.get_model(config.model, num_classes=num_classes, dtype=dtype, **kwargs)
   schedule = optimizers.create_learning_rate_schedule(
     config, total_steps=run.schedule_steps, warmup_steps=run.warmup_steps
   )

@@ -8,8 +8,10 @@ step 6 (never delete it) and name it in a warning.
 import shutil
 from pathlib import Path
 
+import flax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from training import checkpoints
@@ -172,3 +174,19 @@ def test_rotation_keeps_the_last_k(tmp_path):
   directory = tmp_path / "checkpoints"
   _write(directory, steps=(2, 4, 6, 8), keep=2)
   assert sorted(int(p.name) for p in directory.iterdir()) == [6, 8]
+
+
+def test_checkpoint_without_checksums_is_still_checked_for_finiteness(tmp_path):
+  """A checkpoint written by plain Orbax (an older train.py: no checksums) with a NaN is set aside."""
+  directory = tmp_path / "checkpoints"
+  _write(directory, steps=(2,))
+  bad = flax.serialization.to_state_dict(_state(4))
+  bad["params"]["dense"]["kernel"][0, 0] = np.inf
+  manager = ocp.CheckpointManager(directory)
+  manager.save(4, args=ocp.args.StandardSave(bad))
+  manager.close()
+  checkpointer = checkpoints.Checkpointer(directory, every_steps=2, keep=3)
+  restored = checkpointer.restore_latest(_target())
+  checkpointer.close()
+  assert int(restored.step) == 2
+  assert sorted(p.name for p in directory.iterdir()) == ["2", "4.corrupt-non-finite-values"]

@@ -306,7 +306,7 @@ def test_model_kwargs_are_checked_against_the_module_fields():
 def test_non_finite_hyperparameters_are_config_errors(field, value):
   config = default.get_config()
   config[field] = value
-  with pytest.raises(ValueError, match=f"config.{field} must be"):
+  with pytest.raises(ValueError, match=rf"config\.{field}\b"):  # A ConfigError is a ValueError.
     config_checks.validate_config(config, num_devices=1)
 
 

@@ -44,6 +44,8 @@ NEUTRAL_FIELDS = frozenset(
     "progress_bar",
     "max_consecutive_skips",
     "parallelism",
+    "prefetch_batches",
+    "preemption_sync_every_steps",
   }
 )
 

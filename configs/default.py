@@ -31,7 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Model (models.MODELS) and numerics.
   config.model = "small_alexnet_bn"
   # Module fields of `model` (None: the module's default), e.g. --config.model_kwargs.dropout_rate=0.5;
-  # a config file may add other fields of the module. Checked against the module's fields at start.
+  # other fields of the module through a config file or --config.model_kwargs="{'lrn_size': 3}" (which
+  # replaces the whole dict). Checked against the module's fields at start.
   config.model_kwargs = ml_collections.ConfigDict(
     {
       "dropout_rate": placeholder(float),  # AlexNets: dropout after each hidden dense layer.

@@ -212,7 +212,9 @@ class Checkpointer:
       return None, f"restore failed: {type(error).__name__}: {str(error)[:200]}"
     recorded = custom.get(_CHECKSUM_KEY)
     if recorded is None:
-      logging.warning("Checkpoint %s has no recorded checksums: checked for finiteness only.", step)
+      logging.warning(
+        "Checkpoint %s has no recorded checksums: checked for finiteness only.", self.directory / str(step)
+      )
     return restored, _verify(restored, recorded)
 
   def restore_latest(self, target: TrainState) -> TrainState:

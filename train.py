@@ -10,16 +10,24 @@ Multi-host GPU/CPU clusters: run one process per host with --coordinator_address
 --num_processes=N and --process_id=i (TPU pods need none of them). Each process feeds its local devices
 from its own shard of every batch; only process 0 writes logs.
 
-Running again with the same --workdir resumes from its latest checkpoint.
+Running again with the same --workdir resumes from its latest good checkpoint, with the config recorded
+in workdir/config.json (--allow_config_change to alter the trajectory anyway).
+
+Exit status: 0 finished; 75 preempted (SIGTERM or Ctrl-C: state saved, run the same command again to
+resume); 1 failed (non-finite training, no usable checkpoint, a peer that did not join, or a bug);
+2 bad usage (a flag, config field or value).
 """
 
 import datetime
 import os
+import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from training import distributed
+from training.errors import ConfigError, ExitCode, TrainingError
 from training.loop import train_and_evaluate
 
 __all__ = ["train_and_evaluate"]
@@ -38,6 +46,17 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (hosts).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Index of this process, in [0, num_processes).")
+_INIT_TIMEOUT = flags.DEFINE_integer(
+  "initialization_timeout",
+  300,
+  "Seconds to wait for all --num_processes processes to join jax.distributed before failing.",
+  lower_bound=1,
+)
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+  "allow_config_change",
+  False,
+  "Resume even if the config differs from workdir/config.json in a field that alters the trajectory.",
+)
 
 
 def _default_workdir() -> str:
@@ -47,7 +66,7 @@ def _default_workdir() -> str:
   return os.path.join("workdir", f"{name}-{stamp}")
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
@@ -55,16 +74,30 @@ def main(argv: list[str]) -> None:
   if _COORDINATOR.value is not None or _NUM_PROCESSES.value is not None:
     if _WORKDIR.value is None:
       raise app.UsageError("--workdir is required with several processes (all must share it).")
-    jax.distributed.initialize(
-      coordinator_address=_COORDINATOR.value,
-      num_processes=_NUM_PROCESSES.value,
-      process_id=_PROCESS_ID.value,
-    )
+    try:
+      distributed.initialize(
+        coordinator_address=_COORDINATOR.value,
+        num_processes=_NUM_PROCESSES.value,
+        process_id=_PROCESS_ID.value,
+        timeout_s=_INIT_TIMEOUT.value,
+        workdir=_WORKDIR.value,
+      )
+    except TrainingError as error:
+      print(f"train.py: {error}", file=sys.stderr, flush=True)
+      os._exit(ExitCode.ERROR)  # jax.distributed's shutdown would wait for the missing peers again.
   logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
   workdir = _WORKDIR.value or _default_workdir()
   if jax.process_index() == 0:
     print(f"workdir: {workdir}", flush=True)
-  train_and_evaluate(_CONFIG.value, workdir)
+  try:
+    summary = train_and_evaluate(_CONFIG.value, workdir, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+  except ConfigError as error:
+    print(f"train.py: {error}", file=sys.stderr, flush=True)
+    return ExitCode.USAGE
+  except TrainingError as error:
+    print(f"train.py: {error}", file=sys.stderr, flush=True)
+    return ExitCode.ERROR
+  return ExitCode.PREEMPTED if summary["preempted"] else ExitCode.FINISHED
 
 
 if __name__ == "__main__":

@@ -30,7 +30,17 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Model (models.MODELS) and numerics.
   config.model = "small_alexnet_bn"
-  config.model_kwargs = ml_collections.ConfigDict()  # Extra module fields, e.g. dropout_rate.
+  # Module fields of `model` (None: the module's default), e.g. --config.model_kwargs.dropout_rate=0.5;
+  # other fields of the module through a config file or --config.model_kwargs="{'lrn_size': 3}" (which
+  # replaces the whole dict). Checked against the module's fields at start.
+  config.model_kwargs = ml_collections.ConfigDict(
+    {
+      "dropout_rate": placeholder(float),  # AlexNets: dropout after each hidden dense layer.
+      "bn_momentum": placeholder(float),  # Models with batch norm: running-average momentum.
+      "bn_epsilon": placeholder(float),  # Models with batch norm: variance epsilon.
+      "num_filters": placeholder(int),  # ResNets: channels of the first stage.
+    }
+  )
   config.half_precision = False  # bfloat16 activations; parameters and optimizer state stay float32.
   config.sync_batch_norm = True  # Batch statistics over all devices (False: per device).
 
@@ -49,7 +59,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.trust_coefficient = 0.001  # η.
   config.lars_eps = 0.0  # ε in the trust ratio's denominator.
   config.label_smoothing = 0.0
-  config.skip_nonfinite_steps = False  # Skip (and count) steps whose gradients are not finite.
+  config.skip_nonfinite_steps = False  # Skip (and count) non-finite steps; False: such a step stops the run.
+  config.max_consecutive_skips = 10  # With skipping, more non-finite steps than this in a row stop the run.
 
   # Batch: `batch_size` is the global batch of one optimizer step (the paper's B), all devices and all
   # accumulated micro-batches together.

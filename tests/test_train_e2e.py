@@ -21,6 +21,7 @@ import lars_optax
 import models
 from configs import default
 from training import metrics_log
+from training.errors import ExitCode
 from training.loop import train_and_evaluate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -160,7 +161,7 @@ def test_resume_after_sigkill_and_sigterm_equals_uninterrupted_run(reference, tm
   process.send_signal(signal.SIGKILL)
   assert process.wait(timeout=60) == -signal.SIGKILL
 
-  # 2. Resumed, then preempted (SIGTERM) once it trains past the checkpoint: saves and exits 0. The
+  # 2. Resumed, then preempted (SIGTERM) once it trains past the checkpoint: saves and exits 75. The
   # resumed run rewrites metrics.jsonl (a new file) before its first step: wait for that file to grow.
   killed_inode = metrics.stat().st_ino
   process = _launch(workdir, logs[1])
@@ -172,7 +173,7 @@ def test_resume_after_sigkill_and_sigterm_equals_uninterrupted_run(reference, tm
     logs[1],
   )
   process.send_signal(signal.SIGTERM)
-  assert process.wait(timeout=120) == 0, logs[1].read_text()[-3000:]
+  assert process.wait(timeout=120) == ExitCode.PREEMPTED, logs[1].read_text()[-3000:]
   preempted_at = _checkpoint_steps(workdir)[-1]
   assert CHECKPOINT_EVERY < preempted_at < NUM_STEPS
 

@@ -1,4 +1,4 @@
-"""Checkpoints of the training state with Orbax: periodic and final, atomic, the last K kept.
+"""Checkpoints of the training state with Orbax: periodic and final, atomic, verified, the last K kept.
 
 A checkpoint holds the `TrainState` (parameters, optimizer state, batch statistics, step, skipped-step
 count) as a tree of host arrays. Nothing else is needed to resume exactly: the data order and the
@@ -8,15 +8,130 @@ Orbax writes each checkpoint into a temporary directory and renames it when comp
 mid-save leaves the previous checkpoint as the latest. Saves are asynchronous (training continues while
 the arrays are written); `close` waits for the last one. With several processes every process calls
 `save` and `restore` (Orbax synchronises them; the replicated host arrays are written once).
+
+Nothing non-finite is ever written: `save` refuses a state with a NaN or an infinity. Every checkpoint
+carries a CRC-32 of each array in Orbax's step metadata (``N/_CHECKPOINT_METADATA``, written before the
+commit rename), because Orbax itself checksums only the chunk index, not the data. `restore_latest`
+checks what it loads against both; a checkpoint that fails to load or to verify is renamed
+``N.corrupt-<reason>`` (never deleted, and out of Orbax's sight), a warning names it and why, and the
+next older one is tried. Only when none is good does the run stop (`TrainingError`), renaming nothing.
+Since every checkpoint Orbax keeps was finite when written, the rotation to the last K never deletes
+the last good one for a bad one.
 """
 
+import logging as logging_lib
 import os
+import re
+import sys
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import flax
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
 
+from training.errors import TrainingError
 from training.steps import TrainState
+
+_CHECKSUM_KEY = "lars_optax_crc32"  # custom_metadata field: {leaf path: CRC-32 of its bytes}.
+
+
+def _path(keys: tuple) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in keys)
+
+
+def _leaves(tree: Any) -> dict[str, Any]:
+  """The leaves of a state dict (or of Orbax's tree metadata) by path (``params/conv1/kernel``)."""
+  return {_path(keys): leaf for keys, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def checksums(tree: Any) -> dict[str, int]:
+  """CRC-32 of the bytes of every array of ``tree``, by path."""
+  return {path: zlib.crc32(np.ascontiguousarray(leaf).tobytes()) for path, leaf in _leaves(tree).items()}
+
+
+def nonfinite_leaves(tree: Any) -> list[str]:
+  """The paths of the floating-point arrays of ``tree`` that hold a NaN or an infinity."""
+  leaves = {path: np.asarray(leaf) for path, leaf in _leaves(tree).items()}
+  return [
+    path
+    for path, leaf in leaves.items()
+    if np.issubdtype(leaf.dtype, np.inexact) and not np.all(np.isfinite(leaf))
+  ]
+
+
+def _verify(restored: Any, recorded: Mapping[str, int] | None) -> str | None:
+  """Why ``restored`` is unusable (a short reason), or None when it is finite and matches its CRCs."""
+  bad = nonfinite_leaves(restored)
+  if bad:
+    return f"non-finite values in {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}"
+  if recorded is None:
+    return None
+  actual = checksums(restored)
+  if set(actual) != set(recorded):
+    return "its arrays do not match the recorded checksums' names"
+  wrong = [path for path, crc in actual.items() if crc != recorded[path]]
+  if wrong:
+    return f"checksum mismatch in {', '.join(wrong[:3])}{' ...' if len(wrong) > 3 else ''}"
+  return None
+
+
+def _structure(tree: Any) -> dict[str, tuple]:
+  """Path → (shape, dtype) of a state dict or of Orbax's tree metadata."""
+  return {path: (tuple(leaf.shape), np.dtype(leaf.dtype).name) for path, leaf in _leaves(tree).items()}
+
+
+def _all_processes_agree(ok: bool) -> bool:
+  """True when ``ok`` holds on every process (each process verifies what it read itself)."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(np.all(multihost_utils.process_allgather(np.asarray(ok, np.int32))))
+
+
+class _AbandonedReadsFilter(logging_lib.Filter):
+  def filter(self, record: logging_lib.LogRecord) -> bool:
+    return "exception was never retrieved" not in record.getMessage()
+
+
+def _ignore_late_callbacks_of_failed_reads() -> None:
+  """Silences "Event loop is closed" from TensorStore reads that finish after a failed restore.
+
+  When one array of a damaged checkpoint fails to load, Orbax abandons its event loop while the reads
+  of the other arrays are still in flight; each one then reports, on completion, that it cannot
+  call back into the closed loop, or asyncio that nobody awaited it (dozens of tracebacks on
+  stderr, after the checkpoint's own, clear error). Other unraisable errors pass.
+  """
+  asyncio_log = logging_lib.getLogger("asyncio")
+  if not any(isinstance(f, _AbandonedReadsFilter) for f in asyncio_log.filters):
+    asyncio_log.addFilter(_AbandonedReadsFilter())
+  previous = sys.unraisablehook
+  if getattr(previous, "ignores_closed_loop", False):
+    return
+
+  def hook(unraisable) -> None:
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+      previous(unraisable)
+
+  hook.ignores_closed_loop = True
+  sys.unraisablehook = hook
+
+
+def _slug(reason: str) -> str:
+  return (
+    re.sub(r"[^a-z0-9]+", "-", reason.lower().split(" in ")[0].split(":")[0]).strip("-")[:40] or "unknown"
+  )
+
+
+def has_checkpoints(directory: str | os.PathLike) -> bool:
+  """Whether ``directory`` holds a step directory (complete or not) that a run would resume from."""
+  directory = Path(directory)
+  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
 
 
 class Checkpointer:
@@ -30,31 +145,123 @@ class Checkpointer:
       every_steps: periodic saves every this many steps (0: only forced saves).
       keep: how many of the most recent checkpoints to keep.
     """
+    self.directory = Path(os.path.abspath(directory))
     self._every_steps = every_steps
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-    self._manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+    self._manager = ocp.CheckpointManager(
+      self.directory, options=options, item_handlers=ocp.StandardCheckpointHandler()
+    )
 
   @property
   def latest_step(self) -> int | None:
     """The step of the newest complete checkpoint, None when there is none."""
     return self._manager.latest_step()
 
+  def is_due(self, step: int) -> bool:
+    """Whether `save` would write a periodic checkpoint at ``step``."""
+    periodic = self._every_steps > 0 and step % self._every_steps == 0
+    return periodic and step != self._manager.latest_step()
+
+  def _set_aside(self, bad: list[tuple[int, str]]) -> None:
+    """Renames the checkpoints ``bad`` (step, reason) out of Orbax's sight, on process 0 only.
+
+    Every process calls this with the same list, after all of them have read the directory.
+    """
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("checkpoints read")
+    if bad and jax.process_index() == 0:
+      for step, reason in bad:
+        target, suffix = self.directory / f"{step}.corrupt-{_slug(reason)}", 1
+        while target.exists():
+          suffix += 1
+          target = self.directory / f"{step}.corrupt-{_slug(reason)}.{suffix}"
+        os.rename(self.directory / str(step), target)
+        logging.warning(
+          "Checkpoint %s is unusable (%s): set aside as %s.", self.directory / str(step), reason, target
+        )
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("checkpoints set aside")
+    self._manager.reload()
+
+  def _incomplete_steps(self) -> list[int]:
+    """Step directories that Orbax does not list (no commit marker, emptied): set aside as well."""
+    known = set(self._manager.all_steps())
+    found = [int(p.name) for p in self.directory.iterdir() if p.name.isdigit() and p.is_dir()]
+    return sorted(step for step in found if step not in known)
+
+  def _try_restore(self, step: int, template: dict) -> tuple[Any, str | None]:
+    """Restores ``step``; returns (the state dict or None, why it is unusable or None)."""
+    if not (self.directory / str(step) / "default").is_dir():
+      return None, "no default/ item directory"
+    try:
+      stored = _structure(self._manager.item_metadata(step).tree)
+    except Exception as error:  # Any failure to read the metadata means damage.
+      return None, f"unreadable metadata: {type(error).__name__}: {str(error)[:200]}"
+    expected = _structure(template)
+    if stored != expected:
+      differences = sorted(set(stored.items()) ^ set(expected.items()))[:3]
+      raise TrainingError(
+        f"The checkpoint {self.directory / str(step)} holds another kind of state than this config "
+        f"builds (first differences, path: (shape, dtype): {differences}); it was written with another "
+        "model or optimizer. Use a new --workdir."
+      )
+    try:
+      restored = self._manager.restore(step, args=ocp.args.StandardRestore(template))
+      custom = self._manager.metadata(step).custom_metadata or {}
+    except Exception as error:  # Orbax and TensorStore raise many kinds on damage.
+      return None, f"restore failed: {type(error).__name__}: {str(error)[:200]}"
+    recorded = custom.get(_CHECKSUM_KEY)
+    if recorded is None:
+      logging.warning(
+        "Checkpoint %s has no recorded checksums: checked for finiteness only.", self.directory / str(step)
+      )
+    return restored, _verify(restored, recorded)
+
   def restore_latest(self, target: TrainState) -> TrainState:
-    """The newest checkpoint, with the structure and dtypes of ``target``; ``target`` without one."""
-    step = self._manager.latest_step()
-    if step is None:
-      return target
+    """The newest good checkpoint, with the structure and dtypes of ``target``; ``target`` without one.
+
+    Raises:
+      TrainingError: when checkpoints exist but none restores and verifies (nothing is renamed then),
+        or when a checkpoint holds another structure than ``target`` (another model or optimizer).
+    """
+    _ignore_late_callbacks_of_failed_reads()
     template = flax.serialization.to_state_dict(jax.device_get(target))
-    restored = self._manager.restore(step, args=ocp.args.StandardRestore(template))
-    return flax.serialization.from_state_dict(target, restored)
+    incomplete = [(step, "incomplete") for step in self._incomplete_steps()]
+    failures = []
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      restored, reason = self._try_restore(step, template)
+      if not _all_processes_agree(reason is None):
+        failures.append((step, reason or "failed verification on another process"))
+        continue
+      self._set_aside(failures + incomplete)
+      return flax.serialization.from_state_dict(target, restored)
+    if failures:
+      listing = "; ".join(f"step {step}: {reason}" for step, reason in failures)
+      raise TrainingError(
+        f"No usable checkpoint in {self.directory} ({listing}). Nothing was renamed; move the "
+        "directory away to start from scratch."
+      )
+    self._set_aside(incomplete)
+    return target
 
   def save(self, step: int, state: TrainState, *, force: bool = False) -> bool:
-    """Saves ``state`` (at ``step``) when the step is periodic or ``force``; returns whether it did."""
-    periodic = self._every_steps > 0 and step % self._every_steps == 0
-    if not (periodic or force) or step == self._manager.latest_step():
+    """Saves ``state`` (at ``step``) when the step is periodic or ``force``; returns whether it did.
+
+    Raises:
+      TrainingError: if ``state`` holds a NaN or an infinity (nothing is written).
+    """
+    if not (self.is_due(step) or force) or step == self._manager.latest_step():
       return False
     host_state = flax.serialization.to_state_dict(jax.device_get(state))
-    return self._manager.save(step, args=ocp.args.StandardSave(host_state), force=True)
+    bad = nonfinite_leaves(host_state)
+    if bad:
+      raise TrainingError(f"Refusing to checkpoint a non-finite state at step {step} ({', '.join(bad[:3])}).")
+    return self._manager.save(
+      step,
+      args=ocp.args.StandardSave(host_state),
+      force=True,
+      custom_metadata={_CHECKSUM_KEY: checksums(host_state)},
+    )
 
   def close(self) -> None:
     """Waits for pending saves to be committed, then releases the manager."""

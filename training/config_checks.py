@@ -4,6 +4,9 @@ A mistake in a config (an unknown name, a batch that does not split over the dev
 seconds, not the minutes of a compile on a TPU pod, and must say which field to fix.
 """
 
+import dataclasses
+import functools
+import math
 import numbers
 from collections.abc import Callable
 
@@ -12,6 +15,7 @@ import ml_collections
 import input_pipeline
 import models
 from training import optimizers, steps
+from training.errors import ConfigError
 
 # Fields every run needs; a recipe (training/recipes.py) may fill them where a config leaves None.
 _REQUIRED = (
@@ -34,7 +38,8 @@ def _is_int(value) -> bool:
 
 
 def _is_real(value) -> bool:
-  return isinstance(value, numbers.Real) and not isinstance(value, bool)
+  """A finite real number (inf and NaN are never a meaningful hyperparameter)."""
+  return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # (field, test, what the field must be).
@@ -61,6 +66,7 @@ _RULES: tuple[tuple[str, Callable[[object], bool], str], ...] = (
   ("diagnostics_every_steps", lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
   ("checkpoint_every_steps", lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
   ("keep_checkpoints", lambda v: _is_int(v) and v > 0, "a positive integer"),
+  ("max_consecutive_skips", lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
 )
 
 # (field, registry): the field must name an entry of the registry.
@@ -70,6 +76,20 @@ _NAMES = (
   ("lr_scaling", optimizers.LR_SCALING),
   ("parallelism", steps.PARALLELISM),
 )
+
+
+def model_fields(name: str) -> list[str]:
+  """The fields ``config.model_kwargs`` may set for model ``name`` (the module's, minus derived ones)."""
+  builder = models.MODELS[name]
+  while isinstance(builder, functools.partial):
+    builder = builder.func
+  names = {field.name for field in dataclasses.fields(builder)}
+  return sorted(names - set(_DERIVED_MODEL_FIELDS) - {"parent", "name"})
+
+
+def model_kwargs(config: ml_collections.ConfigDict) -> dict:
+  """The set (not None) entries of ``config.model_kwargs``, as keyword arguments of the model."""
+  return {key: value for key, value in config.model_kwargs.items() if value is not None}
 
 
 def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> input_pipeline.DatasetInfo:
@@ -102,6 +122,13 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> i
     raise ValueError(
       f"config.model_kwargs must not set {derived}: they follow from config.dataset, "
       "config.half_precision and config.sync_batch_norm."
+    )
+  allowed = model_fields(config.model)
+  unknown = sorted(set(model_kwargs(config)) - set(allowed))
+  if unknown:
+    raise ConfigError(
+      f"config.model_kwargs.{unknown[0]}: model {config.model!r} has no field {unknown[0]!r}; the "
+      f"fields model_kwargs may set are {allowed}."
     )
   if config.warmup_epochs > config.num_epochs:
     raise ValueError(

@@ -15,7 +15,16 @@ import tqdm
 import input_pipeline
 import lars_optax
 import models
-from training import checkpoints, config_checks, metrics_log, optimizers, plan, preemption, recipes
+from training import (
+  checkpoints,
+  config_checks,
+  metrics_log,
+  optimizers,
+  plan,
+  preemption,
+  recipes,
+  run_config,
+)
 from training import steps as steps_lib
 
 Parallelism = steps_lib.Pmap | steps_lib.Jit
@@ -76,12 +85,18 @@ class _Window:
     now = time.perf_counter()
     steps_per_sec = (step - self._start_step) / (now - self._start_time)
     self._start_step, self._start_time, self._history = step, now, []
+    applied = [m for m in history if m["finite"]]  # Skipped steps do not enter the means.
+
+    def mean(key: str) -> float:
+      return float(np.mean([m[key] for m in applied])) if applied else float("nan")
+
     return {
-      "train/loss": float(np.mean([m["loss"] for m in history])),
-      "train/accuracy": float(np.mean([m["accuracy"] for m in history])),
-      "train/grad_norm": float(np.mean([m["grad_norm"] for m in history])),
+      "train/loss": mean("loss"),
+      "train/accuracy": mean("accuracy"),
+      "train/grad_norm": mean("grad_norm"),
       "train/lr": float(history[-1]["lr"]),
       "train/skipped_steps": int(jax.device_get(state.skipped_steps)),
+      "train/skipped_steps_in_window": len(history) - len(applied),
       "train/steps_per_sec": steps_per_sec,
       "train/images_per_sec": steps_per_sec * self._batch_size,
     }
@@ -90,7 +105,8 @@ class _Window:
 def _make_parallelism(config: ml_collections.ConfigDict, run: plan.TrainingPlan, num_classes: int):
   """The model, the optimizer and the compiled steps of ``config.parallelism``."""
   dtype = jnp.bfloat16 if config.half_precision else jnp.float32
-  model = models.get_model(config.model, num_classes=num_classes, dtype=dtype, **config.model_kwargs)
+  kwargs = config_checks.model_kwargs(config)  # The fields set, unset placeholders left out.
+  model = models.get_model(config.model, num_classes=num_classes, dtype=dtype, **kwargs)
   schedule = optimizers.create_learning_rate_schedule(
     config, total_steps=run.schedule_steps, warmup_steps=run.warmup_steps
   )
@@ -115,6 +131,9 @@ class _Loop:
   def __init__(self, config, run, parallel, log, checkpointer):
     self.config, self.run, self.parallel = config, run, parallel
     self.log, self.checkpointer = log, checkpointer
+    self.guard = steps_lib.NonFiniteGuard(
+      skip=config.skip_nonfinite_steps, max_consecutive=config.max_consecutive_skips
+    )
     self._data_args = dict(
       image_size=config.image_size,
       dtype="bfloat16" if config.half_precision else "float32",
@@ -137,6 +156,7 @@ class _Loop:
     config, run, record = self.config, self.run, {}
     last = done == run.num_train_steps
     if done % config.log_every_steps == 0 or last:
+      self.guard.check()
       record.update(window.flush(done, state))
       bar.set_postfix(
         loss=f"{record['train/loss']:.4f}",
@@ -147,6 +167,7 @@ class _Loop:
       record.update(_diagnostics(state))
     eval_due = run.eval_every_steps and done % run.eval_every_steps == 0
     if run.num_eval_steps and (eval_due or last):
+      self.guard.check()
       record.update(self.evaluate(state))
       bar.write(
         f"step {done}: eval top-1 {record['eval/accuracy']:.4f}, "
@@ -180,24 +201,36 @@ class _Loop:
         state, metrics = self.parallel.train_step(state, next(batches))
         window.add(metrics)
         done = step + 1
+        self.guard.add(done, metrics)
         bar.update(1)
         record = self._record(done, state, window, bar)
         if record:
           self.log.write(done, record)
           latest.update(record)
+        if self.checkpointer.is_due(done):
+          self.guard.check()  # Nothing non-finite is saved.
         self.checkpointer.save(done, state)
         if preempt.should_stop(done):
           latest["preempted"] = True
           break
+    self.guard.check()  # Before the final save.
     return state, latest
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
-  """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint) and evaluates.
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, allow_config_change: bool = False
+) -> dict:
+  """Trains ``config`` in ``workdir`` (resuming from its latest good checkpoint) and evaluates.
 
   Args:
     config: a config from configs/ (checked before anything is compiled).
-    workdir: receives metrics.jsonl, TensorBoard events and checkpoints/.
+    workdir: receives config.json, metrics.jsonl, TensorBoard events and checkpoints/.
+    allow_config_change: resume even if the config differs from the recorded one in a field that
+      alters the training trajectory (see `training.run_config`).
+
+  Raises:
+    ConfigError: an invalid config, or a resume with a changed config.
+    TrainingError: non-finite training, or no usable checkpoint to resume from.
 
   Returns:
     A summary: final step, the last evaluation's and training window's metrics, skipped steps,
@@ -210,6 +243,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     config, info, recipe, num_devices=jax.device_count(), num_processes=jax.process_count()
   )
   _print0(run.describe())
+  run_config.check_and_record(
+    config,
+    workdir,
+    resuming=checkpoints.has_checkpoints(os.path.join(workdir, "checkpoints")),
+    allow_change=allow_config_change,
+  )
 
   model, tx, parallel = _make_parallelism(config, run, info.num_classes)
   checkpointer = checkpoints.Checkpointer(
@@ -225,13 +264,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   log = metrics_log.MetricsLog(workdir, start_step=start_step)
   loop = _Loop(config, run, parallel, log, checkpointer)
 
-  state, latest = loop.train(parallel.place_state(host_state), start_step)
-  if run.num_eval_steps and "eval/accuracy" not in latest and not latest["preempted"]:
-    latest.update(loop.evaluate(state))  # A resumed run that had nothing left to train.
-  final_step = int(jax.device_get(state.step))
-  checkpointer.save(final_step, state, force=True)
-  checkpointer.close()
-  log.close()
+  try:
+    state, latest = loop.train(parallel.place_state(host_state), start_step)
+    if run.num_eval_steps and "eval/accuracy" not in latest and not latest["preempted"]:
+      latest.update(loop.evaluate(state))  # A resumed run that had nothing left to train.
+    final_step = int(jax.device_get(state.step))
+    checkpointer.save(final_step, state, force=True)
+  finally:  # Also on a TrainingError: the (finite) checkpoints being written are completed.
+    checkpointer.close()
+    log.close()
 
   summary = {
     "step": final_step,

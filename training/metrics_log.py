@@ -4,7 +4,9 @@
 ..., "eval/accuracy": ...}``, ``step`` being the number of optimizer steps completed. It is written line by
 line and flushed, so a killed run leaves whole lines plus at most one torn last line. On resume from
 a checkpoint at step s, the file is cut back to the lines with ``step <= s`` (a torn line is dropped),
-so that the resumed run continues it without a gap or a duplicate.
+so that the resumed run continues it without a gap or a duplicate. Lines that are not records (torn by a
+kill, or damaged: invalid UTF-8, ``{}``, a bare number) are counted, reported and moved to
+``metrics.jsonl.rejected``; they never stop a resume.
 
 TensorBoard event files go to ``workdir`` through `clu.metric_writers` (asynchronously). Every process
 imports it (and so TensorFlow), although only process 0 writes: imports of unequal length would make
@@ -19,33 +21,80 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import jax
+from absl import logging
 from clu import metric_writers
 
 METRICS_FILE = "metrics.jsonl"
 
 
-def read_metrics(path: str | os.PathLike) -> list[dict]:
-  """The complete records of a metrics.jsonl file, in order; a torn (unparsable) line is skipped."""
+def _parse(line: bytes) -> tuple[dict | None, str | None]:
+  """(record, None) for a complete record line, (None, why not) otherwise."""
+  try:
+    record = json.loads(line.decode("utf-8"))
+  except UnicodeDecodeError:
+    return None, "invalid UTF-8"
+  except json.JSONDecodeError:
+    return None, "not JSON (a torn or damaged line)"
+  if not isinstance(record, dict):
+    return None, f"a JSON {type(record).__name__}, not an object"
+  step = record.get("step")
+  if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+    return None, "no integer 'step'"
+  return record, None
+
+
+def read_metrics_with_rejects(path: str | os.PathLike) -> tuple[list[dict], list[tuple[int, str, bytes]]]:
+  """The complete records of a metrics.jsonl file, in order, and the lines that are not records.
+
+  Returns:
+    (records, rejected): ``rejected`` holds (line number from 1, why, the raw line) for every
+    non-empty line that does not parse as a JSON object with an integer ``step``.
+  """
   path = Path(path)
   if not path.exists():
-    return []
-  records = []
-  for line in path.read_text().splitlines():
-    try:
-      records.append(json.loads(line))
-    except json.JSONDecodeError:
+    return [], []
+  records, rejected = [], []
+  for number, line in enumerate(path.read_bytes().splitlines(), start=1):
+    if not line.strip():
       continue
-  return records
+    record, why = _parse(line)
+    if record is None:
+      rejected.append((number, why, line))
+    else:
+      records.append(record)
+  return records, rejected
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+  """The complete records of a metrics.jsonl file, in order; other lines (torn, damaged) are skipped."""
+  return read_metrics_with_rejects(path)[0]
 
 
 def truncate_metrics(path: str | os.PathLike, last_step: int) -> int:
   """Rewrites ``path`` atomically with only its complete records of ``step <= last_step``.
 
+  Lines that are not records are dropped from ``path``, appended to ``<path>.rejected`` (never lost)
+  and reported in one warning with their count and the first few line numbers and reasons.
+
   Returns:
     The number of records kept.
   """
   path = Path(path)
-  kept = [record for record in read_metrics(path) if record["step"] <= last_step]
+  records, rejected = read_metrics_with_rejects(path)
+  if rejected:
+    rejects = path.with_name(path.name + ".rejected")
+    with rejects.open("ab") as file:
+      file.writelines(line + b"\n" for _, _, line in rejected)
+    examples = "; ".join(f"line {number}: {why}" for number, why, _ in rejected[:3])
+    logging.warning(
+      "%s: skipped %d line(s) that are not metrics records (%s%s); moved to %s.",
+      path,
+      len(rejected),
+      examples,
+      "; ..." if len(rejected) > 3 else "",
+      rejects,
+    )
+  kept = [record for record in records if record["step"] <= last_step]
   tmp = path.with_name(path.name + ".tmp")
   tmp.write_text("".join(json.dumps(record) + "\n" for record in kept))
   os.replace(tmp, path)

@@ -44,6 +44,8 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from training.errors import TrainingError
+
 Batch = Mapping[str, Any]
 Metrics = dict[str, jax.Array]
 
@@ -58,7 +60,7 @@ class TrainState:
   params: Any  # float32 parameters.
   batch_stats: Any  # batch-norm running averages; {} for models without batch norm.
   opt_state: optax.OptState
-  skipped_steps: jax.Array  # int32 scalar: steps skipped because a gradient was not finite.
+  skipped_steps: jax.Array  # int32 scalar: steps skipped because they were not finite (skip_nonfinite).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +74,9 @@ class StepConfig:
     num_classes: the number of labels.
     label_smoothing: α of the smoothed one-hot targets of the training loss.
     grad_accum_steps: k, the number of micro-batches accumulated per step.
-    skip_nonfinite: leave the state unchanged (and count the step) when a gradient is not finite.
+    skip_nonfinite: leave the state unchanged (and count the step) when the loss, a gradient or the new
+      parameters, optimizer state or batch statistics are not finite; otherwise such a step is applied
+      and reported (``metrics["finite"]``), and `NonFiniteGuard` stops the run.
     seed: dropout keys are ``fold_in(fold_in(key(seed), 1), step)``, then per device and micro-batch.
   """
 
@@ -209,7 +213,8 @@ def train_step(
     batch_stats=batch_stats,
     opt_state=opt_state,
   )
-  finite = _all_finite(grads)
+  # Finite gradients can still give non-finite parameters (a float32 norm that overflows, an LR of 1e30).
+  finite = _all_finite((loss, grads, new_state.params, new_state.opt_state, new_state.batch_stats))
   if config.skip_nonfinite:
     skipped = state.replace(step=state.step + 1, skipped_steps=state.skipped_steps + 1)
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, skipped)
@@ -221,6 +226,47 @@ def train_step(
     "finite": finite,
   }
   return new_state, metrics
+
+
+class NonFiniteGuard:
+  """Stops a run on non-finite steps, reading the steps' ``finite`` flags only when asked.
+
+  `add` keeps each step's flag on the device (nothing waits for the step); `check`, called before
+  anything is logged or saved, fetches them. Without skipping, the first non-finite step stops the
+  run; with skipping, more than ``max_consecutive`` skipped steps in a row do. Every process holds the
+  same (replicated) flags, so every process stops at the same check.
+  """
+
+  def __init__(self, *, skip: bool, max_consecutive: int):
+    self._skip, self._max_consecutive = skip, max_consecutive
+    self._pending: list[tuple[int, jax.Array, jax.Array]] = []
+    self._consecutive = 0
+
+  def add(self, step: int, metrics: Metrics) -> None:
+    """Records the flag of the step that completed ``step`` optimizer steps."""
+    self._pending.append((step, metrics["finite"], metrics["loss"]))
+
+  def check(self) -> None:
+    """Raises `TrainingError` if the steps since the last check went wrong (see the class docstring)."""
+    pending, self._pending = jax.device_get(self._pending), []
+    for step, finite, loss in pending:
+      if finite:
+        self._consecutive = 0
+        continue
+      if not self._skip:
+        raise TrainingError(
+          f"Training diverged at step {step}: the loss ({float(loss)}) or the new parameters or "
+          "optimizer state are not finite. Stopped without saving it (the checkpoints on disk are "
+          "finite). Lower the learning rate, or skip such steps with --config.skip_nonfinite_steps=true."
+        )
+      self._consecutive += 1
+      if self._consecutive > self._max_consecutive:
+        raise TrainingError(
+          f"{self._consecutive} consecutive non-finite steps were skipped (steps "
+          f"{step - self._consecutive + 1} to {step}), more than config.max_consecutive_skips="
+          f"{self._max_consecutive}: the run has diverged. Stopped without saving (the checkpoints on "
+          "disk are finite)."
+        )
 
 
 def eval_step(state: TrainState, batch: Batch, config: StepConfig, *, axis_name: str | None) -> Metrics:

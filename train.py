@@ -1,7 +1,7 @@
-"""Trains a model of models/ with lars_optax: from one CPU to a TPU pod, resumable.
+r"""Trains a model of models/ with lars_optax: from one CPU to a TPU pod, resumable.
 
 Usage:
-  python train.py                                   # digits, small AlexNet-BN, LARS (~1.5 min on 2 CPUs)
+  python train.py                                   # digits, small AlexNet-BN, LARS (TIME_PLACEHOLDER)
   python train.py --config=configs/resnet50_lars.py:32768 --config.data_dir=$TFDS_DATA_DIR \
       --workdir=/tmp/resnet50_32k
   python train.py --config=configs/default.py --config.optimizer=sgd --config.learning_rate=0.1
@@ -10,34 +10,45 @@ Multi-host GPU/CPU clusters: run one process per host with --coordinator_address
 --num_processes=N and --process_id=i (TPU pods need none of them). Each process feeds its local devices
 from its own shard of every batch; only process 0 writes logs.
 
-Running again with the same --workdir resumes from its latest checkpoint.
+Running again with the same --workdir resumes from its latest checkpoint. Exit status: 0 finished,
+1 failed, 2 bad usage (one message, nothing created), 75 preempted (run again to resume).
 """
 
 import datetime
+import functools
 import os
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from training import cli
+from training.errors import ConfigError
 from training.loop import train_and_evaluate
 
 __all__ = ["train_and_evaluate"]
 
-_CONFIG = config_flags.DEFINE_config_file(
-  "config",
-  os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py"),
-  "Training configuration file (configs/*.py), with :ARG for a batch size where it takes one.",
-  lock_config=True,
-)
 _WORKDIR = flags.DEFINE_string(
-  "workdir", None, "Directory for checkpoints and logs (default: workdir/<config>-<time>)."
+  "workdir",
+  None,
+  "Directory for checkpoints and logs (default: workdir/<config>-<time> in the current directory).",
 )
 _COORDINATOR = flags.DEFINE_string(
   "coordinator_address", None, "HOST:PORT of process 0, for jax.distributed (multi-host GPU/CPU)."
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (hosts).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Index of this process, in [0, num_processes).")
+
+
+def _define_config(argv: list[str]) -> None:
+  """--config (see cli.parse_flags for why it is defined at parse time)."""
+  config_flags.DEFINE_config_file(
+    "config",
+    os.fspath(cli.DEFAULT_CONFIG),
+    "Training configuration file (configs/*.py), with :ARG for a batch size where it takes one.",
+    lock_config=True,
+    sys_argv=argv,
+  )
 
 
 def _default_workdir() -> str:
@@ -48,25 +59,27 @@ def _default_workdir() -> str:
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; --verbosity=0 shows it.
-  if _COORDINATOR.value is not None or _NUM_PROCESSES.value is not None:
-    if _WORKDIR.value is None:
-      raise app.UsageError("--workdir is required with several processes (all must share it).")
-    jax.distributed.initialize(
-      coordinator_address=_COORDINATOR.value,
-      num_processes=_NUM_PROCESSES.value,
-      process_id=_PROCESS_ID.value,
-    )
-  logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
-  workdir = _WORKDIR.value or _default_workdir()
-  if jax.process_index() == 0:
-    print(f"workdir: {workdir}", flush=True)
-  train_and_evaluate(_CONFIG.value, workdir)
+  try:
+    if len(argv) > 1:
+      raise ConfigError(
+        f"unexpected arguments {argv[1:]}: every setting is a --flag or --config.FIELD=VALUE."
+      )
+    if not flags.FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; --verbosity=0 shows it.
+    if _COORDINATOR.value is not None or _NUM_PROCESSES.value is not None:
+      if _WORKDIR.value is None:
+        raise ConfigError("--workdir is required with several processes (all must share it).")
+      jax.distributed.initialize(
+        coordinator_address=_COORDINATOR.value,
+        num_processes=_NUM_PROCESSES.value,
+        process_id=_PROCESS_ID.value,
+      )
+    logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
+    train_and_evaluate(flags.FLAGS["config"].value, _WORKDIR.value or _default_workdir())
+  except ConfigError as error:
+    cli.fail(str(error))
 
 
 if __name__ == "__main__":
   jax.config.config_with_absl()
-  app.run(main)
+  app.run(main, flags_parser=functools.partial(cli.parse_flags, define_config=_define_config, usage=__doc__))

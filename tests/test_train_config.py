@@ -48,7 +48,7 @@ def test_every_config_loads_resolves_and_documents_itself(name):
 def test_paper_recipes_take_gamma0_and_warmup_from_the_table(
   name, batch_size, learning_rate, warmup_epochs, top1
 ):
-  """LARS_NOTES §4, by config string and by --config.batch_size override alike."""
+  """The paper's tables (README "Training"), by config string and by --config.batch_size override alike."""
   by_string, recipe = recipes.apply_recipe(_load(name, batch_size))
   overridden = _load(name)
   overridden.batch_size = int(batch_size)

@@ -20,9 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
   """The default training config."""
   config = ml_collections.ConfigDict()
   # Recipe.
-  config.recipe = placeholder(
-    str
-  )  # A paper's recipe (training/recipes.py) filling None fields for batch_size.
+  config.recipe = placeholder(str)  # A paper's recipe (training/recipes.py): fills the None fields.
 
   # Data (input_pipeline).
   config.dataset = "digits"  # "digits", "mnist1d", "fake" or a TFDS name prepared in data_dir.

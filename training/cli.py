@@ -57,7 +57,7 @@ def config_fields(path: str | os.PathLike = DEFAULT_CONFIG) -> list[ConfigField]
     node for node in ast.parse(source).body if isinstance(node, ast.FunctionDef) and node.name == "get_config"
   )
   assigned = {
-    statement.lineno: statement.targets[0].attr
+    statement.end_lineno: statement.targets[0].attr
     for statement in function.body
     if isinstance(statement, ast.Assign)
     and isinstance(statement.targets[0], ast.Attribute)

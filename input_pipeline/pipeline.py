@@ -24,6 +24,20 @@ def _array_splits(name: str, image_size: int | None, data_dir: str | None) -> ar
   return registry.ARRAY_DATASETS[name](image_size=image_size, data_dir=data_dir)
 
 
+def _layout_and_splits(
+  name, global_batch_size, dtype, image_size, data_dir, process_index, process_count, local_device_count
+) -> tuple[sharding.ProcessLayout, arrays.ArraySplits | None]:
+  """The checks and the layout both iterators start with, and the in-memory data (None for TFDS)."""
+  arrays.as_dtype(dtype)
+  layout = sharding.process_layout(
+    global_batch_size,
+    process_index=process_index,
+    process_count=process_count,
+    local_device_count=local_device_count,
+  )
+  return layout, _array_splits(name, image_size, data_dir)
+
+
 def _tfds_pipeline():
   # TensorFlow's C++ INFO/WARNING lines at import (the oneDNN notice, CUDA probing) are noise to a user.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -117,14 +131,9 @@ def train_iterator(
   validation.check_int(seed, "seed", minimum=0)
   validation.check_int(start_step, "start_step", minimum=0)
   validation.check_int(shuffle_buffer_size, "shuffle_buffer_size", minimum=1)
-  arrays.as_dtype(dtype)
-  layout = sharding.process_layout(
-    global_batch_size,
-    process_index=process_index,
-    process_count=process_count,
-    local_device_count=local_device_count,
+  layout, splits = _layout_and_splits(
+    name, global_batch_size, dtype, image_size, data_dir, process_index, process_count, local_device_count
   )
-  splits = _array_splits(name, image_size, data_dir)
   if splits is not None:
     return arrays.train_batches(splits, layout, seed=seed, start_step=start_step, dtype=dtype)
   return _tfds_pipeline().train_iterator(
@@ -175,14 +184,9 @@ def eval_iterator(
     A finite iterator of `{"image", "label", "mask": (D, B / (P D)) bool}` NumPy arrays.
   """
   validation.check_int(crop_padding, "crop_padding", minimum=0)
-  arrays.as_dtype(dtype)
-  layout = sharding.process_layout(
-    global_batch_size,
-    process_index=process_index,
-    process_count=process_count,
-    local_device_count=local_device_count,
+  layout, splits = _layout_and_splits(
+    name, global_batch_size, dtype, image_size, data_dir, process_index, process_count, local_device_count
   )
-  splits = _array_splits(name, image_size, data_dir)
   if splits is not None:
     return arrays.eval_batches(splits, layout, dtype=dtype)
   return _tfds_pipeline().eval_iterator(

@@ -50,6 +50,17 @@ def test_every_default_field_has_a_one_line_meaning():
     assert field.section, f"configs/default.py: config.{field.name} has no section heading"
 
 
+def test_the_default_run_time_is_one_measured_figure_everywhere():
+  """train.py's usage line (the top of --help), configs/default.py and the README give the same figure."""
+  usage = (REPO_ROOT / "train.py").read_text()
+  figure = re.search(r"# digits, small AlexNet-BN, LARS \((.+)\)", usage).group(1)
+  assert re.search(r"\d+ s wall", figure) and "on 2" in figure, figure
+  assert f"Time:      {figure}" in default.__doc__
+  readme = (REPO_ROOT / "README.md").read_text()
+  assert f"8x8 digits, {figure}):" in readme  # the opening command
+  assert f"(10 epochs),\n{figure} including imports" in readme  # the Training section
+
+
 @pytest.mark.timeout(120)
 def test_help_exits_0_lists_every_field_and_imports_no_tensorflow():
   status, stdout, _ = _train("--help")

@@ -1,5 +1,7 @@
 """The pieces of train.py, one job per module.
 
+- `cli`: train.py's command line: `--help` with every config field, user errors as one message.
+- `errors`: exit statuses and the error classes behind them.
 - `config_checks`: validation of a config before anything compiles.
 - `recipes`: the papers' hyperparameters per batch size, filled into a config.
 - `plan`: batch layout, step counts and learning rate derived at start.
@@ -7,6 +9,7 @@
 - `steps`: the training and evaluation steps under `jax.pmap` or `jax.jit` with `NamedSharding`.
 - `checkpoints`: Orbax checkpoints (periodic, final, last K, resume).
 - `metrics_log`: metrics.jsonl and TensorBoard, from process 0.
+- `report`: the start block, the progress lines or bar, and the final summary.
 - `preemption`: SIGTERM → checkpoint at a step all processes agree on.
 - `loop`: `train_and_evaluate`, the loop that ties them together.
 """

@@ -28,7 +28,7 @@ from absl import flags
 from training.errors import ExitCode
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.py"
-_HELP_ARGUMENTS = ("-?", "-help", "--help", "-helpshort", "--helpshort")
+_HELP_ARGUMENTS = ("-h", "-?", "-help", "--help", "-helpshort", "--helpshort")
 _HELP_WIDTH = 100
 _OVERRIDE = re.compile(r"^--?(?:no)?config\.([^=]+)")
 

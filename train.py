@@ -1,7 +1,7 @@
 r"""Trains a model of models/ with lars_optax: from one CPU to a TPU pod, resumable.
 
 Usage:
-  python train.py  # digits, small AlexNet-BN, LARS (73 s wall on 2 shared Intel Xeon cores, load 8)
+  python train.py  # digits, small AlexNet-BN, LARS (32 s wall on 2 shared Intel Xeon cores, load 1-2)
   python train.py --config=configs/resnet50_lars.py:32768 --config.data_dir=$TFDS_DATA_DIR \
       --workdir=/tmp/resnet50_32k
   python train.py --config=configs/default.py --config.optimizer=sgd --config.learning_rate=0.1

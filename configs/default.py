@@ -2,7 +2,8 @@
 
 Command:   python train.py            (the same as --config=configs/default.py)
 Hardware:  2 CPU cores, no accelerator, no download.
-Time:      32 s wall on 2 shared Intel Xeon cores, load 1-2
+Time:      32 s wall on 2 shared Intel Xeon cores, load 1-2; imports and compilation included, 110 steps
+           of batch 128 (10 epochs).
 Expected:  test top-1 98.6, 98.6, 99.2, 98.9, 99.2% for seeds 0-4 (359 test digits; goal >= 97%).
 
 Every other config starts from this one and overrides a few fields. Field names follow Flax's ImageNet

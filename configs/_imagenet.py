@@ -21,7 +21,7 @@ def imagenet_config(*, model: str, batch_size: int, optimizer: str) -> ml_collec
   config.optimizer = optimizer
   config.batch_size = batch_size
   config.half_precision = True  # bfloat16 activations; parameters and LARS norms stay float32.
-  config.num_epochs = 100.0  # The paper's length for every table entry (LARS_NOTES §4).
+  config.num_epochs = 100.0  # The paper's length for every table entry (You, Gitman & Ginsburg 2017).
   config.momentum = 0.9
   config.weight_decay = 5e-4
   config.eval_batch_size = placeholder(int)  # None: one micro-batch.

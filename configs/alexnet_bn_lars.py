@@ -16,14 +16,15 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from configs import _imagenet
+from input_pipeline import defaults
 
 
 def get_config(batch_size: str = "8192") -> ml_collections.ConfigDict:
   """AlexNet-BN + LARS at global batch ``batch_size`` (γ_0 and warm-up from the paper's table)."""
   config = _imagenet.imagenet_config(model="alexnet_bn", batch_size=int(batch_size), optimizer="lars")
   config.recipe = "alexnet_bn_lars"
-  config.image_size = 227
-  config.crop_padding = 29
+  config.image_size = defaults.ALEXNET_IMAGE_SIZE  # Caffe's AlexNet crop.
+  config.crop_padding = defaults.ALEXNET_CROP_PADDING  # Evaluation: centre 227 of 256.
   config.learning_rate = placeholder(float)
   config.warmup_epochs = placeholder(float)
   return config

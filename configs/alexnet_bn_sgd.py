@@ -12,14 +12,15 @@ LR: 0.01 per 256 images, scaled linearly (0.32 at 8K); 5 warm-up epochs.
 import ml_collections
 
 from configs import _imagenet
+from input_pipeline import defaults
 
 
 def get_config(batch_size: str = "8192") -> ml_collections.ConfigDict:
   """AlexNet-BN + momentum SGD at global batch ``batch_size``."""
   config = _imagenet.imagenet_config(model="alexnet_bn", batch_size=int(batch_size), optimizer="sgd")
   config.recipe = "alexnet_bn_sgd"
-  config.image_size = 227
-  config.crop_padding = 29
+  config.image_size = defaults.ALEXNET_IMAGE_SIZE  # Caffe's AlexNet crop.
+  config.crop_padding = defaults.ALEXNET_CROP_PADDING  # Evaluation: centre 227 of 256.
   config.learning_rate = 0.01
   config.lr_scaling = "linear"
   config.base_batch_size = 256

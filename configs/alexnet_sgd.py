@@ -13,14 +13,15 @@ LR: 0.01 per 256 images (Caffe's AlexNet), scaled linearly: 0.02 at 512, 0.32 at
 import ml_collections
 
 from configs import _imagenet
+from input_pipeline import defaults
 
 
 def get_config(batch_size: str = "8192") -> ml_collections.ConfigDict:
   """AlexNet + momentum SGD at global batch ``batch_size``."""
   config = _imagenet.imagenet_config(model="alexnet", batch_size=int(batch_size), optimizer="sgd")
   config.recipe = "alexnet_sgd"
-  config.image_size = 227
-  config.crop_padding = 29
+  config.image_size = defaults.ALEXNET_IMAGE_SIZE  # Caffe's AlexNet crop.
+  config.crop_padding = defaults.ALEXNET_CROP_PADDING  # Evaluation: centre 227 of 256.
   config.learning_rate = 0.01  # At base_batch_size, scaled linearly to batch_size.
   config.lr_scaling = "linear"
   config.base_batch_size = 256

@@ -8,8 +8,8 @@ Command (one H100, bf16, batch 256 per device):
 Hardware:  any; the figure to read is train/images_per_sec in metrics.jsonl (the first window
            includes compilation).
 Time:      100 steps: about a minute on one H100.
-Expected:  no accuracy (random labels); throughput references in LARS_NOTES §6 (about 1,030 images/s
-           per V100 in fp16 in the Flax example).
+Expected:  no accuracy (random labels); for reference, Flax's ImageNet example reports about 1,030
+           images/s per V100 in fp16.
 """
 
 import ml_collections

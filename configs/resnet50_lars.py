@@ -1,4 +1,4 @@
-"""ResNet-50 with LARS: the paper's ResNet-50 column (LARS_NOTES §4).
+"""ResNet-50 with LARS: the paper's ResNet-50 column (You, Gitman & Ginsburg 2017).
 
 Command (B = 32768 on 8 H100s: 16 micro-batches of 256 per GPU):
   python train.py --config=configs/resnet50_lars.py:32768 --config.grad_accum_steps=16 \

@@ -1,4 +1,4 @@
-"""ResNet-50 with LARS, MLPerf Training recipe (LARS_NOTES §3): to 75.9% top-1 in 35-92 epochs.
+"""ResNet-50 with LARS, MLPerf Training recipe: to 75.9% top-1 in 35-92 epochs.
 
 γ_0, warm-up, momentum, weight decay and epochs come from lars_optax.mlperf_resnet50_hparams for the
 batch size (e.g. 32K: γ_0 = 29, 18 warm-up epochs, m = 0.929, β = 1e-4, 64 epochs); poly(2) decay to

@@ -6,7 +6,7 @@ Command:
 Hardware:  as configs/resnet50_lars.py.
 Time:      90 epochs: about 27 h on 8 V100s (not measured here).
 Expected:  the paper has no ResNet-50 SGD baseline; a JAX ResNet-50 with this recipe (Nesterov,
-           linear scaling, 90 epochs) reaches 76.2 at 4K and 71.7 at 32K (Nado et al. 2021, LARS_NOTES §6).
+           linear scaling, 90 epochs) reaches 76.2 at 4K and 71.7 at 32K (Nado et al. 2021, arXiv:2102.06356).
 """
 
 import ml_collections

@@ -4,7 +4,8 @@
 - `train_iterator(name, global_batch_size=..., seed=...)`: endless, resumable training batches
   `{"image": (D, b, ...), "label": (D, b)}` for this process's devices.
 - `eval_iterator(name, global_batch_size=...)`: the evaluation split once, padded, with a `mask`.
-- `prefetch_to_device(iterator)`: overlap host-to-device copies with the step.
+- `prefetch_to_device(iterator)`, `prefetch_batches(iterator, place)`: overlap host-to-device copies
+  with the step.
 - `load_arrays(name)`: small data sets as NumPy arrays.
 
 Data sets: "digits" (scikit-learn's 8x8 digits; the offline default), "mnist1d" (generated offline),
@@ -21,7 +22,7 @@ from input_pipeline.pipeline import (
   load_arrays,
   train_iterator,
 )
-from input_pipeline.prefetch import prefetch_to_device
+from input_pipeline.prefetch import prefetch_batches, prefetch_to_device
 from input_pipeline.registry import ARRAY_DATASETS, register_dataset
 from input_pipeline.sharding import ProcessLayout, num_eval_batches, process_layout
 
@@ -36,6 +37,7 @@ __all__ = [
   "get_dataset_info",
   "load_arrays",
   "num_eval_batches",
+  "prefetch_batches",
   "prefetch_to_device",
   "process_layout",
   "register_dataset",

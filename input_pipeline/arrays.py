@@ -19,6 +19,7 @@ from typing import Any, NamedTuple, Protocol
 import ml_dtypes
 import numpy as np
 
+import lars_optax
 from input_pipeline import sharding
 
 Batch = dict[str, np.ndarray]
@@ -73,17 +74,6 @@ def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
-def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
-  """`N // B`, the number of full global batches in one epoch (the remainder is dropped)."""
-  steps = num_examples // global_batch_size
-  if steps < 1:
-    raise ValueError(
-      f"`global_batch_size`={global_batch_size} is larger than the training set "
-      f"({num_examples} examples): not a single full batch per epoch."
-    )
-  return steps
-
-
 def train_batches(
   splits: ArraySplits,
   layout: sharding.ProcessLayout,
@@ -109,7 +99,7 @@ def train_batches(
   """
   dtype = as_dtype(dtype)
   num_examples = len(splits.train_labels)
-  steps = steps_per_epoch(num_examples, layout.global_batch_size)
+  steps = lars_optax.steps_per_epoch(num_examples, layout.global_batch_size)  # N // B, remainder dropped
   begin = layout.process_index * layout.per_process_batch_size
   end = begin + layout.per_process_batch_size
 

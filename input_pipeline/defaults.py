@@ -1,5 +1,7 @@
-"""Default preprocessing sizes, shared by the NumPy entry points and the TensorFlow pipelines."""
+"""Default preprocessing sizes, shared by the NumPy entry points, the TensorFlow pipelines and configs/."""
 
-IMAGE_SIZE = 224  # Side of ImageNet-like crops (AlexNet: 227).
+IMAGE_SIZE = 224  # Side of ImageNet-like crops.
 CROP_PADDING = 32  # Evaluation centre crop keeps S / (S + 32) of the shorter side: 224 of 256.
+ALEXNET_IMAGE_SIZE = 227  # Caffe's AlexNet crop.
+ALEXNET_CROP_PADDING = 29  # Evaluation: the centre 227 of 256.
 SHUFFLE_BUFFER_SIZE = 16_384  # Examples; about 1.8 GB of encoded ImageNet JPEGs per process.

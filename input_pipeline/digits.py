@@ -23,7 +23,7 @@ import functools
 
 import numpy as np
 
-from input_pipeline import arrays
+from input_pipeline import arrays, validation
 
 NUM_CLASSES = 10
 NATIVE_SIZE = 8
@@ -61,7 +61,8 @@ def load(*, image_size: int | None = None, data_dir: str | None = None) -> array
   """
   del data_dir
   size = NATIVE_SIZE if image_size is None else image_size
-  if isinstance(size, bool) or not isinstance(size, int) or size < 1 or size % NATIVE_SIZE:
+  validation.check_int(size, "image_size", minimum=1)
+  if size % NATIVE_SIZE:
     raise ValueError(
       f"`image_size` must be None or a positive multiple of {NATIVE_SIZE} for 'digits', got {image_size!r}."
     )

@@ -10,7 +10,7 @@ import dataclasses
 
 import numpy as np
 
-from input_pipeline import arrays
+from input_pipeline import arrays, validation
 
 
 class TiledArray:
@@ -53,13 +53,9 @@ class FakeDataset:
     del data_dir
     shape = self.image_shape
     if image_size is not None:
-      if len(shape) != 3 or isinstance(image_size, bool) or not isinstance(image_size, int):
-        raise ValueError(
-          f"`image_size` must be None or an integer for a fake data set of images, "
-          f"got {image_size!r} for image_shape {shape}."
-        )
-      if image_size < 1:
-        raise ValueError(f"`image_size` must be positive, got {image_size}.")
+      if len(shape) != 3:
+        raise ValueError(f"`image_size` must be None for a fake data set of shape {shape} (not images).")
+      validation.check_int(image_size, "image_size", minimum=1)
       shape = (image_size, image_size, shape[-1])
     rng = np.random.default_rng(self.seed)
     images = rng.standard_normal((self.pool_size, *shape), dtype=np.float32)

@@ -17,7 +17,7 @@ import random
 
 import numpy as np
 
-from input_pipeline import arrays
+from input_pipeline import arrays, validation
 
 NUM_CLASSES = 10
 LENGTH = 40
@@ -49,8 +49,7 @@ def load(
   """
   if image_size not in (None, LENGTH):
     raise ValueError(f"`image_size` must be None or {LENGTH} for 'mnist1d', got {image_size!r}.")
-  if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 10:
-    raise ValueError(f"`num_samples` must be an integer >= 10, got {num_samples!r}.")
+  validation.check_int(num_samples, "num_samples", minimum=NUM_CLASSES)
   if num_samples % NUM_CLASSES:
     raise ValueError(f"`num_samples` must be a multiple of {NUM_CLASSES}, got {num_samples}.")
   path = None

@@ -5,37 +5,42 @@ from memory in pure NumPy; every other name is a TFDS data set read with `tf.dat
 imported only in the second case (it takes seconds to start).
 """
 
+import os
 from collections.abc import Iterator
 
 import numpy as np
 
-from input_pipeline import arrays, defaults, registry, sharding
+from input_pipeline import arrays, defaults, registry, sharding, validation
 from input_pipeline.dataset_info import DatasetInfo
-
-
-def _check_non_negative_int(value: int, argument: str) -> None:
-  if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
-    raise ValueError(f"`{argument}` must be a non-negative integer, got {value!r}.")
-
-
-def _check_image_size(image_size: int | None) -> None:
-  if image_size is not None and (
-    isinstance(image_size, bool) or not isinstance(image_size, int | np.integer) or image_size < 1
-  ):
-    raise ValueError(f"`image_size` must be None or a positive integer, got {image_size!r}.")
 
 
 def _array_splits(name: str, image_size: int | None, data_dir: str | None) -> arrays.ArraySplits | None:
   """The in-memory data set `name`, or None if `name` is not one (then it is a TFDS name)."""
   if not isinstance(name, str):
     raise TypeError(f"`name` must be a string, got {type(name).__name__}.")
-  _check_image_size(image_size)
+  validation.check_int(image_size, "image_size", minimum=1, allow_none=True)
   if name not in registry.ARRAY_DATASETS:
     return None
   return registry.ARRAY_DATASETS[name](image_size=image_size, data_dir=data_dir)
 
 
+def _layout_and_splits(
+  name, global_batch_size, dtype, image_size, data_dir, process_index, process_count, local_device_count
+) -> tuple[sharding.ProcessLayout, arrays.ArraySplits | None]:
+  """The checks and the layout both iterators start with, and the in-memory data (None for TFDS)."""
+  arrays.as_dtype(dtype)
+  layout = sharding.process_layout(
+    global_batch_size,
+    process_index=process_index,
+    process_count=process_count,
+    local_device_count=local_device_count,
+  )
+  return layout, _array_splits(name, image_size, data_dir)
+
+
 def _tfds_pipeline():
+  # TensorFlow's C++ INFO/WARNING lines at import (the oneDNN notice, CUDA probing) are noise to a user.
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   from input_pipeline import tfds_pipeline  # imports TensorFlow: only for TFDS data sets.
 
   return tfds_pipeline
@@ -123,18 +128,12 @@ def train_iterator(
   Raises:
     ValueError: an argument is out of range or inconsistent (raised here, not at the first batch).
   """
-  _check_non_negative_int(seed, "seed")
-  _check_non_negative_int(start_step, "start_step")
-  if isinstance(shuffle_buffer_size, bool) or shuffle_buffer_size < 1:
-    raise ValueError(f"`shuffle_buffer_size` must be positive, got {shuffle_buffer_size!r}.")
-  arrays.as_dtype(dtype)
-  layout = sharding.process_layout(
-    global_batch_size,
-    process_index=process_index,
-    process_count=process_count,
-    local_device_count=local_device_count,
+  validation.check_int(seed, "seed", minimum=0)
+  validation.check_int(start_step, "start_step", minimum=0)
+  validation.check_int(shuffle_buffer_size, "shuffle_buffer_size", minimum=1)
+  layout, splits = _layout_and_splits(
+    name, global_batch_size, dtype, image_size, data_dir, process_index, process_count, local_device_count
   )
-  splits = _array_splits(name, image_size, data_dir)
   if splits is not None:
     return arrays.train_batches(splits, layout, seed=seed, start_step=start_step, dtype=dtype)
   return _tfds_pipeline().train_iterator(
@@ -184,15 +183,10 @@ def eval_iterator(
   Returns:
     A finite iterator of `{"image", "label", "mask": (D, B / (P D)) bool}` NumPy arrays.
   """
-  _check_non_negative_int(crop_padding, "crop_padding")
-  arrays.as_dtype(dtype)
-  layout = sharding.process_layout(
-    global_batch_size,
-    process_index=process_index,
-    process_count=process_count,
-    local_device_count=local_device_count,
+  validation.check_int(crop_padding, "crop_padding", minimum=0)
+  layout, splits = _layout_and_splits(
+    name, global_batch_size, dtype, image_size, data_dir, process_index, process_count, local_device_count
   )
-  splits = _array_splits(name, image_size, data_dir)
   if splits is not None:
     return arrays.eval_batches(splits, layout, dtype=dtype)
   return _tfds_pipeline().eval_iterator(

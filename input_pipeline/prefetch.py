@@ -1,12 +1,35 @@
-"""Moves host batches to the local devices ahead of the step that consumes them."""
+"""Moves host batches to the devices ahead of the step that consumes them."""
 
 import collections
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from input_pipeline import validation
+
+
+def prefetch_batches(iterator: Iterable, place: Callable, size: int = 2) -> Iterator:
+  """Yields ``place(batch)`` for every batch of ``iterator``, keeping ``size`` placed batches ahead.
+
+  ``place`` starts the (asynchronous) host-to-device copy, e.g. a training step's own placement
+  (`jax.device_put` with its sharding), so that the copies of batches ``t + 1 ... t + size`` overlap
+  the step on batch ``t``.
+
+  Raises:
+    ValueError: if ``size`` is not a positive integer.
+  """
+  validation.check_int(size, "size", minimum=1)
+  return _prefetch(iter(iterator), place, size)
+
+
+def _prefetch(iterator: Iterator, place: Callable, size: int) -> Iterator:
+  queue = collections.deque(map(place, itertools.islice(iterator, size)))
+  while queue:
+    yield queue.popleft()
+    queue.extend(map(place, itertools.islice(iterator, 1)))
 
 
 def prefetch_to_device(
@@ -30,8 +53,6 @@ def prefetch_to_device(
     ValueError: if `size` < 1, or (when a batch arrives) a leaf's leading axis is not
       `len(devices)`.
   """
-  if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-    raise ValueError(f"`size` must be a positive integer, got {size!r}.")
   devices = list(jax.local_devices() if devices is None else devices)
   sharding = NamedSharding(Mesh(np.array(devices), ("devices",)), PartitionSpec("devices"))
 
@@ -43,14 +64,4 @@ def prefetch_to_device(
       )
     return jax.device_put(leaf, sharding)
 
-  return _prefetch(iter(iterator), size, put)
-
-
-def _prefetch(iterator: Iterator, size: int, put) -> Iterator:
-  queue = collections.deque()
-  for batch in itertools.islice(iterator, size):
-    queue.append(jax.tree.map(put, batch))
-  while queue:
-    yield queue.popleft()
-    for batch in itertools.islice(iterator, 1):
-      queue.append(jax.tree.map(put, batch))
+  return prefetch_batches(iterator, lambda batch: jax.tree.map(put, batch), size)

@@ -10,6 +10,8 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+from input_pipeline import validation
+
 
 class ProcessLayout(NamedTuple):
   """Where this process sits in a multi-process run and how much of each batch it serves.
@@ -35,11 +37,6 @@ class ProcessLayout(NamedTuple):
   def per_device_batch_size(self) -> int:
     """`B / (P D)`: examples each local device receives per step."""
     return self.per_process_batch_size // self.local_device_count
-
-
-def _check_positive_int(value: int, argument: str) -> None:
-  if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-    raise ValueError(f"`{argument}` must be a positive integer, got {value!r}.")
 
 
 def process_layout(
@@ -70,9 +67,9 @@ def process_layout(
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   local_device_count = jax.local_device_count() if local_device_count is None else local_device_count
-  _check_positive_int(global_batch_size, "global_batch_size")
-  _check_positive_int(process_count, "process_count")
-  _check_positive_int(local_device_count, "local_device_count")
+  validation.check_int(global_batch_size, "global_batch_size", minimum=1)
+  validation.check_int(process_count, "process_count", minimum=1)
+  validation.check_int(local_device_count, "local_device_count", minimum=1)
   if not 0 <= process_index < process_count:
     raise ValueError(
       f"`process_index` must be in [0, {process_count}) for process_count={process_count}, "
@@ -103,6 +100,6 @@ def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
   example), so collectives inside the evaluation step never wait for a process that has finished.
   Because `ceil(ceil(N / P) / (B / P)) = ceil(N / B)`, it is also enough for the largest part.
   """
-  _check_positive_int(num_examples, "num_examples")
-  _check_positive_int(global_batch_size, "global_batch_size")
+  validation.check_int(num_examples, "num_examples", minimum=1)
+  validation.check_int(global_batch_size, "global_batch_size", minimum=1)
   return -(-num_examples // global_batch_size)

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow as tf
 
+import lars_optax
 from input_pipeline import arrays, defaults, preprocessing, sharding, tfds_data
 from input_pipeline.dataset_info import DatasetInfo
 
@@ -239,7 +240,7 @@ def train_iterator(
   """NumPy batches of `train_dataset` over this process's part of the TFDS training split."""
   source = tfds_data.open_source(name, data_dir)
   augmentation = _resolve_augmentation(source, augmentation)
-  steps = arrays.steps_per_epoch(source.num_examples(tfds_data.TRAIN_SPLIT), layout.global_batch_size)
+  steps = lars_optax.steps_per_epoch(source.num_examples(tfds_data.TRAIN_SPLIT), layout.global_batch_size)
   records = source.read(
     tfds_data.process_split(tfds_data.TRAIN_SPLIT, layout),
     encoded=preprocessing.AUGMENTATIONS[augmentation].encoded,

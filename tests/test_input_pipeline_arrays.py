@@ -264,7 +264,7 @@ def test_digits_path_does_not_import_tensorflow():
     ({"global_batch_size": 8, "start_step": -2}, "start_step"),
     ({"global_batch_size": 8, "dtype": "int8"}, "dtype"),
     ({"global_batch_size": 8, "process_index": 2, "process_count": 2}, "process_index"),
-    ({"global_batch_size": 2048}, "global_batch_size"),
+    ({"global_batch_size": 2048}, "batch_size=2048"),
     ({"global_batch_size": 8, "image_size": 12}, "image_size"),
   ],
 )

@@ -7,12 +7,15 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import input_pipeline
+import lars_optax
 import models
 from configs import default
-from training import loop, metrics_log, optimizers, plan, recipes
+from training import loop, metrics_log, optimizers, plan, recipes, report
+from training.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 RECIPE_CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if not p.stem.startswith("_"))
@@ -48,7 +51,7 @@ def test_every_config_loads_resolves_and_documents_itself(name):
 def test_paper_recipes_take_gamma0_and_warmup_from_the_table(
   name, batch_size, learning_rate, warmup_epochs, top1
 ):
-  """LARS_NOTES §4, by config string and by --config.batch_size override alike."""
+  """The paper's tables (README "Training"), by config string and by --config.batch_size override alike."""
   by_string, recipe = recipes.apply_recipe(_load(name, batch_size))
   overridden = _load(name)
   overridden.batch_size = int(batch_size)
@@ -106,7 +109,29 @@ def test_plan_derives_batches_steps_and_learning_rate():
   assert run.per_device_micro_batch == 256 // (8 * 4)
   assert (run.eval_batch_size, run.num_eval_steps) == (64, 6)  # ceil(359 / 64)
   assert run.eval_every_steps == 5 and run.peak_learning_rate == config.learning_rate
-  assert "8 devices x 4 micro-batches x 8 per device" in run.describe()
+  start = report.start_block(config, run, "/tmp/run")
+  assert "8 devices x 4 micro-batches x 8 per device" in start and "workdir:       /tmp/run" in start
+
+
+@pytest.mark.parametrize(
+  ("num_epochs", "warmup_epochs", "steps"),
+  [(2.5, 0.5, (3, 1)), (3.5, 1.5, (4, 2)), (0.5, 0.0, (1, 0))],
+)
+def test_plan_rounds_epochs_half_up(num_epochs, warmup_epochs, steps):
+  """One step per epoch: x.5 epochs are x + 1 steps (Python's round() would give 2 for 2.5, 0 for 0.5)."""
+  config = default.get_config()
+  config.batch_size, config.num_epochs, config.warmup_epochs = 128, num_epochs, warmup_epochs
+  info = input_pipeline.DatasetInfo("digits", 10, (8, 8, 1), 128, 10)
+  run = plan.make_plan(config, info, None, num_devices=1, num_processes=1)
+  assert (run.schedule_steps, run.warmup_steps) == steps
+
+
+def test_plan_refuses_a_schedule_of_no_step():
+  config = default.get_config()
+  config.batch_size, config.num_epochs, config.warmup_epochs = 128, 0.4, 0.0
+  info = input_pipeline.DatasetInfo("digits", 10, (8, 8, 1), 128, 10)
+  with pytest.raises(ConfigError, match=r"config.num_epochs=0.4 gives no step"):
+    plan.make_plan(config, info, None, num_devices=1, num_processes=1)
 
 
 @pytest.mark.parametrize(
@@ -118,9 +143,13 @@ def test_plan_derives_batches_steps_and_learning_rate():
     ({"optimizer": "adam"}, r"config.optimizer must be one of \['larc', 'lars', 'optax_lars', 'sgd'\]"),
     ({"parallelism": "pjit"}, r"config.parallelism must be one of \['jit', 'pmap'\]"),
     ({"dataset": "no_such_dataset"}, r"no_such_dataset"),
-    ({"momentum": 1.5}, r"config.momentum must be in \[0, 1\)"),
+    ({"momentum": 1.5}, r"config.momentum=1.5: momentum must be in \[0, 1\)"),
+    ({"lars_eps": -1.0}, r"config.lars_eps=-1.0: eps must be"),
+    ({"trust_coefficient": 0.0}, r"config.trust_coefficient=0.0: trust_coefficient must be"),
+    ({"lr_decay_power": 0.0}, r"config.lr_decay_power=0.0: power must be"),
     ({"eval_batch_size": 100}, r"eval_batch_size=100 must be divisible by the device count \(8\)"),
-    ({"warmup_epochs": 50.0}, r"warmup_epochs=50.0 must be at most config.num_epochs"),
+    ({"warmup_epochs": 50.0}, r"config.warmup_epochs=50.0: warmup_steps must be <= total_steps"),
+    ({"num_epochs": 0.01}, r"config.num_epochs=0.01 gives no step"),
     ({"recipe": "resnet50_lars"}, r"the paper tabulates γ_0 only"),
   ],
 )
@@ -134,7 +163,7 @@ def test_invalid_configs_fail_before_anything_compiles(overrides, message, tmp_p
   if overrides.get("recipe"):
     config.learning_rate = None
     config.batch_size = 128
-  with pytest.raises(ValueError, match=message):
+  with pytest.raises(ConfigError, match=message):
     loop.train_and_evaluate(config, tmp_path / "workdir")
   assert not (tmp_path / "workdir").exists()
 
@@ -159,15 +188,62 @@ def test_lars_and_sgd_first_updates_match_the_formulas():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), actual, updates)
 
 
-def test_every_registered_optimizer_builds_and_updates():
+def _two_steps(tx: optax.GradientTransformation, params: dict, grads: dict) -> list[dict]:
+  state, updates = tx.init(params), []
+  for scale in (1.0, -0.5):  # a second, different gradient exercises the momentum buffer.
+    update, state = tx.update(jax.tree.map(lambda g, s=scale: s * g, grads), state, params)
+    updates.append(update)
+    params = optax.apply_updates(params, update)
+  return updates
+
+
+_PARAMS = {"kernel": jnp.array([[1.0, 2.0], [3.0, -1.0]]), "bias": jnp.array([0.5, -0.5])}
+_GRADS = {"kernel": jnp.array([[0.1, -0.2], [0.0, 0.3]]), "bias": jnp.array([0.2, 0.1])}
+
+
+@pytest.mark.parametrize(
+  ("name", "reference"),
+  [
+    (
+      # LARC: λ clipped at the global rate; η = 0.5 makes the clip bind on the kernel.
+      "larc",
+      lambda c, lr: lars_optax.lars(
+        lr,
+        momentum=c.momentum,
+        weight_decay=c.weight_decay,
+        trust_coefficient=c.trust_coefficient,
+        eps=c.lars_eps,
+        nesterov=c.nesterov,
+        trust_clip=True,
+      ),
+    ),
+    (
+      # optax.lars with the rank mask spelled out: only the kernel gets weight decay and a trust ratio.
+      "optax_lars",
+      lambda c, lr: optax.lars(
+        lr,
+        weight_decay=c.weight_decay,
+        weight_decay_mask={"kernel": True, "bias": False},
+        trust_coefficient=c.trust_coefficient,
+        eps=c.lars_eps,
+        trust_ratio_mask={"kernel": True, "bias": False},
+        momentum=c.momentum,
+        nesterov=c.nesterov,
+      ),
+    ),
+  ],
+)
+def test_larc_and_optax_lars_factories_equal_the_library_calls(name, reference):
   config = default.get_config()
-  params = {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}
-  for name in optimizers.OPTIMIZERS:
-    config.optimizer = name
-    tx = optimizers.create_optimizer(config, lambda count: 1.0)
-    updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
-    assert jax.tree.structure(updates) == jax.tree.structure(params)
-    assert float(jnp.abs(updates["kernel"]).sum()) > 0
+  config.optimizer, config.trust_coefficient, config.weight_decay, config.lars_eps = name, 0.5, 0.01, 1e-3
+  learning_rate = 0.3
+  actual = _two_steps(optimizers.create_optimizer(config, lambda count: learning_rate), _PARAMS, _GRADS)
+  expected = _two_steps(reference(config, learning_rate), _PARAMS, _GRADS)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), actual, expected)
+  if name == "larc":  # the clip binds: plain LARS would differ.
+    config.optimizer = "lars"
+    unclipped = _two_steps(optimizers.create_optimizer(config, lambda count: learning_rate), _PARAMS, _GRADS)
+    assert not np.allclose(unclipped[0]["kernel"], actual[0]["kernel"])
 
 
 def test_metrics_log_truncates_to_the_restored_step_and_drops_a_torn_line(tmp_path):

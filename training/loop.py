@@ -1,16 +1,14 @@
 """`train_and_evaluate`: the training loop of train.py, importable by tests and notebooks."""
 
-import collections
 import itertools
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tqdm
 
 import input_pipeline
 import lars_optax
@@ -23,24 +21,12 @@ from training import (
   plan,
   preemption,
   recipes,
+  report,
   run_config,
 )
 from training import steps as steps_lib
 
 Parallelism = steps_lib.Pmap | steps_lib.Jit
-
-
-def _print0(*args) -> None:
-  if jax.process_index() == 0:
-    print(*args, flush=True)
-
-
-def _prefetch(batches: Iterator, place: Callable, size: int = 2) -> Iterator:
-  """Yields ``place(batch)``, keeping ``size`` placed batches ahead (transfers overlap the step)."""
-  queue = collections.deque(map(place, itertools.islice(batches, size)))
-  while queue:
-    yield queue.popleft()
-    queue.extend(map(place, itertools.islice(batches, 1)))
 
 
 def _diagnostics(state: steps_lib.TrainState) -> dict[str, float]:
@@ -53,11 +39,14 @@ def _diagnostics(state: steps_lib.TrainState) -> dict[str, float]:
 
 
 def evaluate(
-  parallel: Parallelism, state: steps_lib.TrainState, batches: Iterator, num_steps: int
+  parallel: Parallelism, state: steps_lib.TrainState, batches: Iterator, num_steps: int, prefetch: int = 2
 ) -> dict[str, float]:
   """Top-1, top-5 and loss over ``num_steps`` padded batches, counting only unmasked examples."""
   totals = None
-  for batch in _prefetch(itertools.islice(batches, num_steps), parallel.place_batch):
+  placed = input_pipeline.prefetch_batches(
+    itertools.islice(batches, num_steps), parallel.place_batch, prefetch
+  )
+  for batch in placed:
     sums = parallel.eval_step(state, batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
@@ -149,61 +138,53 @@ class _Loop:
       crop_padding=self.config.crop_padding,
       **self._data_args,
     )
-    return evaluate(self.parallel, state, batches, self.run.num_eval_steps)
+    return evaluate(self.parallel, state, batches, self.run.num_eval_steps, self.config.prefetch_batches)
 
-  def _record(self, done: int, state, window: _Window, bar: tqdm.tqdm) -> dict[str, float]:
+  def _record(self, done: int, state, window: _Window, progress: report.Progress) -> dict[str, float]:
     """Everything due at step ``done``: training metrics, trust ratios, evaluation."""
     config, run, record = self.config, self.run, {}
     last = done == run.num_train_steps
     if done % config.log_every_steps == 0 or last:
       self.guard.check()
       record.update(window.flush(done, state))
-      bar.set_postfix(
-        loss=f"{record['train/loss']:.4f}",
-        lr=f"{record['train/lr']:.4g}",
-        img_per_s=f"{record['train/images_per_sec']:.0f}",
-      )
+      progress.log(done, record)
     if config.diagnostics_every_steps and done % config.diagnostics_every_steps == 0:
       record.update(_diagnostics(state))
     eval_due = run.eval_every_steps and done % run.eval_every_steps == 0
     if run.num_eval_steps and (eval_due or last):
       self.guard.check()
       record.update(self.evaluate(state))
-      bar.write(
-        f"step {done}: eval top-1 {record['eval/accuracy']:.4f}, "
-        f"top-5 {record['eval/top5_accuracy']:.4f}, loss {record['eval/loss']:.4f}"
-      )
+      progress.write(report.eval_line(done, record))
     return record
 
   def train(self, state: steps_lib.TrainState, start_step: int) -> tuple[steps_lib.TrainState, dict]:
     """Trains from ``start_step``; returns the state and the latest value of every logged metric."""
     config, run = self.config, self.run
-    batches = _prefetch(
+    batches = input_pipeline.prefetch_batches(
       input_pipeline.train_iterator(
         config.dataset,
         global_batch_size=config.batch_size,
         seed=config.seed,
         start_step=start_step,
+        shuffle_buffer_size=config.shuffle_buffer_size,
         **self._data_args,
       ),
       self.parallel.place_batch,
+      config.prefetch_batches,
     )
     window, latest = _Window(start_step, config.batch_size), {"preempted": False}
-    bar = tqdm.tqdm(
-      total=run.num_train_steps,
-      initial=start_step,
-      unit="step",
-      dynamic_ncols=True,
-      disable=not config.progress_bar or jax.process_index() != 0,
+    progress = report.Progress(
+      total=run.num_train_steps, initial=start_step, progress_bar=config.progress_bar
     )
-    with bar, preemption.PreemptionHandler() as preempt:
+    sync_every = config.preemption_sync_every_steps
+    with progress, preemption.PreemptionHandler(sync_every_steps=sync_every) as preempt:
       for step in range(start_step, run.num_train_steps):
         state, metrics = self.parallel.train_step(state, next(batches))
         window.add(metrics)
         done = step + 1
         self.guard.add(done, metrics)
-        bar.update(1)
-        record = self._record(done, state, window, bar)
+        progress.step()
+        record = self._record(done, state, window, progress)
         if record:
           self.log.write(done, record)
           latest.update(record)
@@ -242,7 +223,7 @@ def train_and_evaluate(
   run = plan.make_plan(
     config, info, recipe, num_devices=jax.device_count(), num_processes=jax.process_count()
   )
-  _print0(run.describe())
+  report.print0(report.start_block(config, run, workdir))
   run_config.check_and_record(
     config,
     workdir,
@@ -259,28 +240,37 @@ def train_and_evaluate(
   initial = steps_lib.create_train_state(model, tx, seed=config.seed, input_shape=info.image_shape)
   host_state = checkpointer.restore_latest(jax.device_get(initial))
   start_step = int(host_state.step)
+  if start_step >= run.num_train_steps:  # Finished already: no evaluation, no new events file.
+    checkpointer.close()
+    report.print0(f"already complete: step {start_step} of {run.num_train_steps} in {workdir}")
+    latest = {"preempted": False}
+    for record in metrics_log.read_metrics(os.path.join(workdir, metrics_log.METRICS_FILE)):
+      latest.update(record)
+    return _summary(start_step, host_state, latest, start_time, run, workdir)
   if start_step:
-    _print0(f"resuming from the checkpoint at step {start_step}")
+    report.print0(f"resuming from the checkpoint at step {start_step}")
   log = metrics_log.MetricsLog(workdir, start_step=start_step)
   loop = _Loop(config, run, parallel, log, checkpointer)
 
   try:
     state, latest = loop.train(parallel.place_state(host_state), start_step)
-    if run.num_eval_steps and "eval/accuracy" not in latest and not latest["preempted"]:
-      latest.update(loop.evaluate(state))  # A resumed run that had nothing left to train.
     final_step = int(jax.device_get(state.step))
     checkpointer.save(final_step, state, force=True)
   finally:  # Also on a TrainingError: the (finite) checkpoints being written are completed.
     checkpointer.close()
     log.close()
+  return _summary(final_step, state, latest, start_time, run, workdir)
 
+
+def _summary(step: int, state, latest: dict, start_time: float, run: plan.TrainingPlan, workdir) -> dict:
+  """The summary `train_and_evaluate` returns (and prints, rounded)."""
   summary = {
-    "step": final_step,
+    "step": step,
     **{key: value for key, value in latest.items() if key.startswith(("train/", "eval/"))},
     "skipped_steps": int(jax.device_get(state.skipped_steps)),
     "preempted": latest["preempted"],
     "wall_time_s": time.perf_counter() - start_time,
     "expected_top1": run.expected_top1,
   }
-  _print0("summary:\n" + "\n".join(f"  {key}: {value}" for key, value in summary.items()))
+  report.print0(report.summary_block(summary, workdir))
   return summary

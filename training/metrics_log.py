@@ -8,10 +8,11 @@ so that the resumed run continues it without a gap or a duplicate. Lines that ar
 kill, or damaged: invalid UTF-8, ``{}``, a bare number) are counted, reported and moved to
 ``metrics.jsonl.rejected``; they never stop a resume.
 
-TensorBoard event files go to ``workdir`` through `clu.metric_writers` (asynchronously). Every process
-imports it (and so TensorFlow), although only process 0 writes: imports of unequal length would make
-the processes reach their first collective at different times, and CPU (gloo) collectives give up
-after 30 s.
+TensorBoard event files go to ``workdir`` through `tensorboardX`, which writes them without TensorFlow
+(the digits, MNIST-1D and fake-data runs never import it); the file is opened at the first write, so a
+run that logs nothing leaves none. Every process imports the writer, although only process 0 writes:
+imports of unequal length would make the processes reach their first collective at different times,
+and CPU (gloo) collectives give up after 30 s.
 """
 
 import json
@@ -21,8 +22,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import jax
+import tensorboardX
 from absl import logging
-from clu import metric_writers
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -122,7 +123,8 @@ class MetricsLog:
     path = workdir / METRICS_FILE
     truncate_metrics(path, start_step)
     self._file = path.open("a")
-    self._writer = metric_writers.AsyncWriter(metric_writers.SummaryWriter(os.fspath(workdir)))
+    self._workdir = workdir
+    self._writer = None  # Opened at the first write.
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     """Appends one record for ``step`` and sends the scalars to TensorBoard."""
@@ -131,12 +133,15 @@ class MetricsLog:
     record = {"step": int(step), **{key: _to_json_number(value) for key, value in scalars.items()}}
     self._file.write(json.dumps(record) + "\n")
     self._file.flush()
-    self._writer.write_scalars(int(step), dict(scalars))
+    if self._writer is None:
+      self._writer = tensorboardX.SummaryWriter(os.fspath(self._workdir))
+    for key, value in scalars.items():
+      self._writer.add_scalar(key, float(value), int(step))
 
   def close(self) -> None:
     """Flushes TensorBoard and closes the files."""
     if not self.enabled:
       return
-    self._writer.flush()
-    self._writer.close()
+    if self._writer is not None:
+      self._writer.close()
     self._file.close()

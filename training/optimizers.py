@@ -1,7 +1,8 @@
 """Optimizers and learning-rate schedules built from a config, by name.
 
 Weight decay lives in the optimizer only, never in the loss: LARS feeds β‖w‖ into the trust ratio
-(LARS_NOTES §1), so a decay term hidden in the loss would be counted twice and bypass the mask.
+(the paper's Algorithm 1; README "The algorithm and its variants"), so a decay term hidden in the loss
+would be counted twice and bypass the mask.
 
 Every optimizer here excludes the same leaves from weight decay and trust ratio: those of rank ≤ 1
 (biases, batch-norm scales and offsets), the default mask of `lars_optax.lars`. The momentum-SGD
@@ -89,7 +90,7 @@ def peak_learning_rate(config: ml_collections.ConfigDict) -> float:
 def create_learning_rate_schedule(
   config: ml_collections.ConfigDict, *, total_steps: int, warmup_steps: int
 ) -> optax.Schedule:
-  r"""Linear warm-up from 0 to γ_0, then polynomial decay to `end_learning_rate` (LARS_NOTES §3).
+  r"""Linear warm-up from 0 to γ_0, then polynomial decay to `end_learning_rate` (README "Schedules").
 
   .. math::
     \gamma_t = \gamma_0 t / W \ (t < W), \qquad

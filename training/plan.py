@@ -1,4 +1,4 @@
-"""The numbers a run derives from its config, its data set and its devices, printed at start."""
+"""The numbers a run derives from its config, its data set and its devices (printed by `training.report`)."""
 
 import dataclasses
 import math
@@ -7,7 +7,8 @@ import ml_collections
 
 import input_pipeline
 import lars_optax
-from training import optimizers, recipes
+from training import config_checks, optimizers, recipes
+from training.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,8 +23,9 @@ class TrainingPlan:
     per_device_micro_batch: B / (devices · k), the examples one device sees in one forward pass (the
       batch-norm batch when statistics are not synced).
     steps_per_epoch: ⌊N_train / B⌋.
-    schedule_steps: T, the length of the learning-rate schedule (num_epochs · steps_per_epoch).
-    warmup_steps: W, the linear warm-up (warmup_epochs · steps_per_epoch).
+    schedule_steps: T, the length of the learning-rate schedule (num_epochs · steps_per_epoch, rounded
+      half up by `lars_optax.epochs_to_steps`).
+    warmup_steps: W, the linear warm-up (warmup_epochs · steps_per_epoch, rounded alike).
     num_train_steps: the steps this run takes (T unless config.num_train_steps is set).
     peak_learning_rate: γ_0 after the scaling rule.
     lr_rule: how γ_0 was obtained, in words.
@@ -51,32 +53,6 @@ class TrainingPlan:
   expected_top1: float | None
   recipe_source: str | None
 
-  def _describe_evaluation(self) -> str:
-    if not self.num_eval_steps:
-      return "evaluation: none"
-    every = f"every {self.eval_every_steps} steps and " if self.eval_every_steps else ""
-    return f"evaluation: {self.num_eval_steps} batches of {self.eval_batch_size}, {every}at the end"
-
-  def describe(self) -> str:
-    """A few lines for the start of a run."""
-    expected = (
-      f"{self.expected_top1:.1f}% top-1 ({self.recipe_source})"
-      if self.expected_top1 is not None
-      else "no published figure for this batch size"
-    )
-    return "\n".join(
-      (
-        f"devices: {self.num_devices} on {self.num_processes} process(es)",
-        f"global batch B = {self.batch_size} = {self.num_devices} devices x "
-        f"{self.grad_accum_steps} micro-batches x {self.per_device_micro_batch} per device",
-        f"steps: {self.steps_per_epoch}/epoch, schedule {self.schedule_steps} "
-        f"(warm-up {self.warmup_steps}), this run {self.num_train_steps}",
-        f"learning rate: γ_0 = {self.peak_learning_rate:g} ({self.lr_rule})",
-        self._describe_evaluation(),
-        f"expected: {expected}",
-      )
-    )
-
 
 def make_plan(
   config: ml_collections.ConfigDict,
@@ -86,10 +62,27 @@ def make_plan(
   num_devices: int,
   num_processes: int,
 ) -> TrainingPlan:
-  """Derives the `TrainingPlan` of a validated config."""
-  steps_per_epoch = lars_optax.steps_per_epoch(info.num_train, config.batch_size)
-  schedule_steps = max(1, round(config.num_epochs * steps_per_epoch))
-  warmup_steps = min(schedule_steps, round(config.warmup_epochs * steps_per_epoch))
+  """Derives the `TrainingPlan` of a validated config.
+
+  Epochs become steps through `lars_optax.epochs_to_steps` (halves round up), the one rounding of the
+  project; the learning-rate schedule is also built here, so that `lars_optax` checks its
+  hyperparameters before anything compiles.
+
+  Raises:
+    ConfigError: naming the field when the schedule would have no step, or `lars_optax` rejects a value.
+  """
+  with config_checks.library_errors(config):
+    steps_per_epoch = lars_optax.steps_per_epoch(info.num_train, config.batch_size)
+    schedule_steps = lars_optax.epochs_to_steps(config.num_epochs, steps_per_epoch, name="num_epochs")
+    warmup_steps = lars_optax.epochs_to_steps(config.warmup_epochs, steps_per_epoch, name="warmup_epochs")
+    if schedule_steps == 0:
+      raise ConfigError(
+        f"config.num_epochs={config.num_epochs} gives no step at {steps_per_epoch} steps per epoch "
+        f"({info.num_train} examples, batch_size={config.batch_size}): give at least "
+        f"{0.5 / steps_per_epoch:g} epochs."
+      )
+    optimizers.create_learning_rate_schedule(config, total_steps=schedule_steps, warmup_steps=warmup_steps)
+    peak_learning_rate = optimizers.peak_learning_rate(config)
   num_train_steps = schedule_steps if config.num_train_steps == -1 else config.num_train_steps
   eval_batch_size = config.eval_batch_size or config.batch_size // config.grad_accum_steps
   full_eval = math.ceil(info.num_eval / eval_batch_size)
@@ -109,7 +102,7 @@ def make_plan(
     schedule_steps=schedule_steps,
     warmup_steps=warmup_steps,
     num_train_steps=num_train_steps,
-    peak_learning_rate=optimizers.peak_learning_rate(config),
+    peak_learning_rate=peak_learning_rate,
     lr_rule=lr_rule,
     eval_batch_size=eval_batch_size,
     num_eval_steps=num_eval_steps,

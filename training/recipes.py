@@ -5,8 +5,8 @@ leaves unset (``None``) for the configured global batch size, so that both
 ``--config=configs/resnet50_lars.py:32768`` and ``--config.batch_size=32768`` pick the paper's γ_0 and
 warm-up for 32K. Values given explicitly (``--config.learning_rate=35``) always win.
 
-The LARS paper tabulates γ_0 only at some batch sizes (LARS_NOTES §4); at any other batch size its
-recipes refuse to guess and ask for ``learning_rate``.
+The LARS paper (You, Gitman & Ginsburg 2017) tabulates γ_0 only at some batch sizes; at any other batch
+size its recipes refuse to guess and ask for ``learning_rate``.
 """
 
 from collections.abc import Callable, Mapping
@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import ml_collections
 
 import lars_optax
+from training.errors import ConfigError
 
 _PAPER = "You, Gitman & Ginsburg 2017, arXiv:1708.03888"
 
@@ -34,8 +35,8 @@ class _PaperRow(NamedTuple):
   top1: float
 
 
-# LARS_NOTES §4: ImageNet, 100 epochs, η = 0.001, m = 0.9, β = 5e-4, LARS, poly(2) decay after warm-up.
-# Warm-up (§3): AlexNet 2 epochs, AlexNet-BN 5, ResNet-50 5 to 12 (tabulated per batch; 5 where the
+# The LARS paper's ImageNet results: 100 epochs, η = 0.001, m = 0.9, β = 5e-4, poly(2) decay after warm-up.
+# Warm-up: AlexNet 2 epochs, AlexNet-BN 5, ResNet-50 5 to 12 (tabulated per batch; 5 where the
 # paper gives none).
 _PAPER_LARS: Mapping[str, tuple[float, Mapping[int, _PaperRow]]] = {
   "alexnet_lars": (
@@ -70,13 +71,14 @@ _PAPER_LARS: Mapping[str, tuple[float, Mapping[int, _PaperRow]]] = {
   ),
 }
 
-# Top-1 of the no-LARS baselines (momentum SGD, linear LR scaling, warm-up). AlexNet: the paper (§4).
+# Top-1 of the no-LARS baselines (momentum SGD, linear LR scaling, warm-up). AlexNet: the paper.
 # ResNet-50: the paper has no SGD baseline; the figures are a JAX ResNet-50 with Nesterov momentum and
-# linear scaling over 90 epochs (LARS_NOTES §6), the recipe configs/resnet50_sgd.py follows.
+# linear scaling over 90 epochs (Nado et al. 2021, arXiv:2102.06356), the recipe configs/resnet50_sgd.py
+# follows.
 _BASELINES: Mapping[str, tuple[str, Mapping[int, float]]] = {
   "alexnet_sgd": (_PAPER, {512: 58.8, 4096: 53.1, 8192: 44.8}),
   "alexnet_bn_sgd": (_PAPER, {512: 60.2, 4096: 58.9, 8192: 58.0}),
-  "resnet50_sgd": ("Nado et al. 2021, arXiv:2102.06356 (LARS_NOTES §6)", {4096: 76.2, 32768: 71.7}),
+  "resnet50_sgd": ("Nado et al. 2021, arXiv:2102.06356", {4096: 76.2, 32768: 71.7}),
 }
 
 
@@ -85,7 +87,7 @@ def _paper_lars(name: str, config: ml_collections.ConfigDict) -> Recipe:
   row = table.get(config.batch_size)
   if row is None:
     if config.learning_rate is None:
-      raise ValueError(
+      raise ConfigError(
         f"recipe {name!r}: the paper tabulates γ_0 only for batch_size in {sorted(table)}, got "
         f"batch_size={config.batch_size}. Give --config.learning_rate (and --config.warmup_epochs) "
         "to train at this batch size."
@@ -112,7 +114,7 @@ def _mlperf_resnet50(config: ml_collections.ConfigDict) -> Recipe:
     "lr_decay_power": hparams.power,
     "label_smoothing": hparams.label_smoothing,
   }
-  return Recipe(fields, 75.9, "MLPerf Training ResNet-50 (LARS_NOTES §3, §6)")
+  return Recipe(fields, 75.9, "MLPerf Training ResNet-50 reference (LARS, target 75.9%)")
 
 
 RECIPES: Mapping[str, Callable[[ml_collections.ConfigDict], Recipe]] = MappingProxyType(
@@ -134,12 +136,12 @@ def apply_recipe(config: ml_collections.ConfigDict) -> tuple[ml_collections.Conf
     A copy of ``config`` with the recipe's values filled in, and the `Recipe` (None without one).
 
   Raises:
-    ValueError: for an unknown recipe, or a batch size a paper recipe has no value for.
+    ConfigError: for an unknown recipe, or a batch size a paper recipe has no value for.
   """
   if config.recipe is None:
     return config, None
   if config.recipe not in RECIPES:
-    raise ValueError(f"config.recipe must be one of {sorted(RECIPES)} or None, got {config.recipe!r}.")
+    raise ConfigError(f"config.recipe must be one of {sorted(RECIPES)} or None, got {config.recipe!r}.")
   recipe = RECIPES[config.recipe](config)
   config = config.copy_and_resolve_references()
   for field, value in recipe.hparams.items():

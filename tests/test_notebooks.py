@@ -1,18 +1,44 @@
-"""The notebooks run top to bottom in their small mode, and are stored without outputs.
+"""The notebooks run top to bottom in their small mode, are stored without outputs, and open in Colab.
 
 Each notebook is executed by nbclient in a fresh ``python3`` kernel (the ipykernel of this environment)
-with ``LARS_NOTEBOOK_SMALL=1``; any cell error fails the test.
+with ``LARS_NOTEBOOK_SMALL=1``; any cell error fails the test. The executed copy is kept in
+``build/executed_notebooks/`` for the documentation build (``docs/notebook_cache.py``).
+
+The first code cell is plain Python (no ``!`` or ``%`` magics), so that it can run here outside Colab with
+the network blocked. Its ``REPO_URL`` form field and the Colab badge both name ``pyproject.toml``'s
+``[project.urls] Source``, the one place that says where the repository is.
 """
 
+import importlib.util
+import json
 import os
+import re
+import subprocess
+import sys
+import textwrap
+import tomllib
 from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = ROOT / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+SOURCE_URL = PYPROJECT["project"]["urls"]["Source"]
+# The repository the notebooks once named; it does not exist.
+PLACEHOLDER = "github.com/lars-optax/lars_optax"
+
+_spec = importlib.util.spec_from_file_location("notebook_cache", ROOT / "docs" / "notebook_cache.py")
+notebook_cache = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(notebook_cache)
+
+
+def first_code_cell(path: Path) -> str:
+  notebook = nbformat.read(path, as_version=4)
+  return next(cell.source for cell in notebook.cells if cell.cell_type == "code")
 
 
 def test_every_promised_notebook_exists():
@@ -33,12 +59,88 @@ def test_stored_without_outputs(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_first_code_cell_installs_only_in_colab(path):
-  notebook = nbformat.read(path, as_version=4)
-  setup = next(cell.source for cell in notebook.cells if cell.cell_type == "code")
+def test_names_the_repository_of_pyproject_only(path):
+  text = path.read_text()
+  assert PLACEHOLDER not in text
+  setup = first_code_cell(path)
+  form = re.findall(r'^REPO_URL = "([^"]*)"  # @param \{type:"string"\}$', setup, flags=re.MULTILINE)
+  assert form == [SOURCE_URL]
+  badge = f"https://colab.research.google.com/github/{SOURCE_URL.removeprefix('https://github.com/')}"
+  assert re.findall(r"https://colab\.research\.google\.com/github/[^)\s\"]*", text) == [
+    f"{badge}/blob/main/notebooks/{path.name}"
+  ]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_first_cell_installs_only_in_colab_and_only_the_train_extras_it_names(path):
+  setup = first_code_cell(path)
+  compile(setup, path.name, "exec")  # plain Python: no shell or line magics.
   assert "import google.colab" in setup and "if IN_COLAB:" in setup
-  installs = [line for line in setup.splitlines() if line.lstrip().startswith("!")]
-  assert installs and all(line.startswith("  !") for line in installs)  # all inside `if IN_COLAB:`.
+  before, in_colab = setup.split("if IN_COLAB:\n", 1)
+  assert "subprocess.run" not in before and '"git", "clone"' in in_colab and '"pip", "install"' in in_colab
+  needs = json.loads(re.search(r"^NEEDS = (\[.*\])$", setup, flags=re.MULTILINE).group(1))
+  train = PYPROJECT["project"]["optional-dependencies"]["train"]
+  train_names = {re.split(r"[<>=!~\[; ]", r)[0] for r in train}
+  assert needs and set(needs) <= train_names
+
+
+# Runs the first cell as a script: every socket refuses to connect and resolve, git is a stub that records
+# its calls and answers like an unreachable server, and, when asked, a stub `google.colab` makes it take
+# the Colab branch.
+_RUNNER = textwrap.dedent(
+  """
+  import socket, sys, types
+
+  def refuse(*args, **kwargs):
+    raise OSError("network access attempted")
+
+  socket.socket.connect = socket.socket.connect_ex = refuse
+  socket.create_connection = socket.getaddrinfo = refuse
+  if sys.argv[2] == "colab":
+    sys.modules["google"] = types.ModuleType("google")
+    sys.modules["google.colab"] = sys.modules["google"].colab = types.ModuleType("google.colab")
+  exec(compile(open(sys.argv[1]).read(), "first cell", "exec"), {"__name__": "__main__"})
+  """
+)
+_GIT_STUB = '#!/bin/sh\necho "git $*" >> "$GIT_CALLS"\necho "fatal: unable to access it" >&2\nexit 128\n'
+
+
+def _run_first_cell(path: Path, tmp_path: Path, mode: str) -> tuple[subprocess.CompletedProcess, str]:
+  (tmp_path / "cell.py").write_text(first_code_cell(path))
+  (tmp_path / "runner.py").write_text(_RUNNER)
+  (tmp_path / "bin").mkdir(exist_ok=True)
+  (tmp_path / "bin" / "git").write_text(_GIT_STUB)
+  (tmp_path / "bin" / "git").chmod(0o755)
+  calls = tmp_path / "git_calls.txt"
+  env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "GIT_CALLS": str(calls)}
+  result = subprocess.run(
+    [sys.executable, str(tmp_path / "runner.py"), str(tmp_path / "cell.py"), mode],
+    cwd=NOTEBOOK_DIR,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=False,
+  )
+  return result, calls.read_text() if calls.exists() else ""
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_first_cell_outside_colab_makes_no_network_access(path, tmp_path):
+  result, git_calls = _run_first_cell(path, tmp_path, "local")
+  assert result.returncode == 0, result.stderr
+  assert "Colab: False" in result.stdout and f"repository: {ROOT}" in result.stdout
+  assert git_calls == ""
+
+
+@pytest.mark.skipif(Path("/content/lars_optax").exists(), reason="a Colab checkout is there")
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_first_cell_in_colab_stops_with_a_clear_message_when_the_repository_is_unreachable(path, tmp_path):
+  result, git_calls = _run_first_cell(path, tmp_path, "colab")
+  assert result.returncode != 0
+  assert f"Cannot reach the repository REPO_URL = '{SOURCE_URL}'" in result.stderr
+  assert "Set REPO_URL in this cell's form" in result.stderr
+  assert git_calls.splitlines() == [f"git ls-remote --exit-code {SOURCE_URL} HEAD"]  # checked, never cloned.
 
 
 @pytest.mark.slow
@@ -63,3 +165,6 @@ def test_runs_in_small_mode(path):
     if output.output_type == "error"
   ]
   assert not errors
+  notebook.metadata[notebook_cache.HASH_KEY] = notebook_cache.source_hash(notebook.cells)
+  notebook_cache.EXECUTED_DIR.mkdir(parents=True, exist_ok=True)
+  nbformat.write(notebook, notebook_cache.EXECUTED_DIR / path.name)

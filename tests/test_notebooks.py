@@ -9,6 +9,8 @@ the network blocked. Its ``REPO_URL`` form field and the Colab badge both name `
 ``[project.urls] Source``, the one place that says where the repository is.
 """
 
+import ast
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -22,6 +24,8 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
@@ -30,6 +34,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SOURCE_URL = PYPROJECT["project"]["urls"]["Source"]
 # The repository the notebooks once named; it does not exist.
 PLACEHOLDER = "github.com/lars-optax/lars_optax"
+CHECKOUT_PACKAGES = ("lars_optax", "models", "training", "input_pipeline", "benchmarks", "configs")
 
 _spec = importlib.util.spec_from_file_location("notebook_cache", ROOT / "docs" / "notebook_cache.py")
 notebook_cache = importlib.util.module_from_spec(_spec)
@@ -143,11 +148,69 @@ def test_first_cell_in_colab_stops_with_a_clear_message_when_the_repository_is_u
   assert git_calls.splitlines() == [f"git ls-remote --exit-code {SOURCE_URL} HEAD"]  # checked, never cloned.
 
 
+# The last cell the test appends: the top-level modules the kernel loaded, and the files of the checkout's
+# modules among them.
+_LIST_MODULES = "\n".join(
+  [
+    "import json, sys",
+    f"checkout = {CHECKOUT_PACKAGES!r}",
+    "mods = list(sys.modules.items())",
+    "files = {getattr(m, '__file__', None) or '' for n, m in mods if n.split('.')[0] in checkout}",
+    "print(json.dumps({'loaded': sorted({n.split('.')[0] for n in sys.modules}), 'files': sorted(files)}))",
+  ]
+)
+# Colab's own packages that a notebook uses without installing them: TensorFlow (here its CPU build).
+_COLAB_PROVIDES = {"03_imagenet_pmap": ["tensorflow-cpu"]}
+
+
+def _imported_names(sources: list[str]) -> set[str]:
+  """Top-level names of the modules that ``sources`` import (absolute imports)."""
+  names = set()
+  for source in sources:
+    for node in ast.walk(ast.parse(source)):
+      if isinstance(node, ast.Import):
+        names |= {alias.name.split(".")[0] for alias in node.names}
+      elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+        names.add(node.module.split(".")[0])
+  return names
+
+
+def _requirement_closure(names) -> set[str]:
+  """The distributions ``names`` pull in, by the installed distributions' requirements (extras left out)."""
+  todo, seen = [canonicalize_name(n) for n in names], set()
+  while todo:
+    name = todo.pop()
+    if name in seen:
+      continue
+    seen.add(name)
+    try:
+      requirements = importlib.metadata.requires(name) or []
+    except importlib.metadata.PackageNotFoundError:
+      continue
+    for text in requirements:
+      requirement = Requirement(text)
+      if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+        todo.append(canonicalize_name(requirement.name))
+  return seen
+
+
+def _distributions_outside(modules: list[str], allowed: set[str]) -> set[str]:
+  """Installed distributions of ``modules`` of which none is in ``allowed`` (stdlib modules have none)."""
+  owners = importlib.metadata.packages_distributions()
+  outside = set()
+  for module in modules:
+    dists = {canonicalize_name(d) for d in owners.get(module, [])}
+    if dists and not dists & allowed:
+      outside |= dists
+  return outside
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_runs_in_small_mode(path):
+def test_runs_in_small_mode_with_only_what_its_first_cell_installs(path):
   notebook = nbformat.read(path, as_version=4)
+  notebook.cells.append(nbformat.v4.new_code_cell(_LIST_MODULES))
   env = {key: value for key, value in os.environ.items() if key != "XLA_FLAGS"}
   env["LARS_NOTEBOOK_SMALL"] = "1"
   client = NotebookClient(
@@ -165,6 +228,15 @@ def test_runs_in_small_mode(path):
     if output.output_type == "error"
   ]
   assert not errors
+  report = json.loads(notebook.cells.pop().outputs[0]["text"])
+  cells = [cell.source for cell in notebook.cells if cell.cell_type == "code"][1:]  # after the first.
+  sources = cells + [Path(f).read_text() for f in report["files"] if f.endswith(".py")]
+  # Third-party modules that the project's code imports and the run loaded (not what libraries try).
+  modules = sorted(_imported_names(sources) & set(report["loaded"]) - set(CHECKOUT_PACKAGES))
+  needs = json.loads(re.search(r"^NEEDS = (\[.*\])$", first_code_cell(path), flags=re.MULTILINE).group(1))
+  colab = [*_COLAB_PROVIDES.get(path.stem, []), "ipykernel"]
+  allowed = _requirement_closure([PYPROJECT["project"]["name"], *needs, *colab])
+  assert _distributions_outside(modules, allowed) == set()
   notebook.metadata[notebook_cache.HASH_KEY] = notebook_cache.source_hash(notebook.cells)
   notebook_cache.EXECUTED_DIR.mkdir(parents=True, exist_ok=True)
   nbformat.write(notebook, notebook_cache.EXECUTED_DIR / path.name)

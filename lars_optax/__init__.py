@@ -19,7 +19,7 @@ from lars_optax._schedules import (
 )
 from lars_optax._trust_ratio import ScaleByTrustRatioState, TrustRatioDiagnostics, scale_by_trust_ratio
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
   "LarsState",

@@ -6,7 +6,9 @@ as on the accelerator machine that runs the full check.
 
 import json
 import os
+import re
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -285,7 +287,8 @@ def test_smoke_flags_keep_explicit_values():
 
 def test_readme_gives_the_device_command():
   readme = (REPO_ROOT / "README.md").read_text()
-  command = "python3 -m benchmarks.device_check --output_dir $OUT"
-  assert f"`PYTHONUNBUFFERED=1 {command}`" in readme
-  args = device_check.parse_args(command.split()[3:])
-  assert (args.smoke, args.time_budget_s) == (False, 300.0)
+  blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.DOTALL)
+  commands = [line for block in blocks for line in block.splitlines() if "benchmarks.device_check" in line]
+  assert commands == ['PYTHONUNBUFFERED=1 timeout 420 python3 -m benchmarks.device_check --output_dir "$OUT"']
+  args = device_check.parse_args(shlex.split(commands[0])[6:])
+  assert (args.smoke, args.time_budget_s, args.output_dir) == (False, 300.0, "$OUT")

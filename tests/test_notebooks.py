@@ -1,18 +1,49 @@
-"""The notebooks run top to bottom in their small mode, and are stored without outputs.
+"""The notebooks run top to bottom in their small mode, are stored without outputs, and open in Colab.
 
 Each notebook is executed by nbclient in a fresh ``python3`` kernel (the ipykernel of this environment)
-with ``LARS_NOTEBOOK_SMALL=1``; any cell error fails the test.
+with ``LARS_NOTEBOOK_SMALL=1``; any cell error fails the test. The executed copy is kept in
+``build/executed_notebooks/`` for the documentation build (``docs/notebook_cache.py``).
+
+The first code cell is plain Python (no ``!`` or ``%`` magics), so that it can run here outside Colab with
+the network blocked. Its ``REPO_URL`` form field and the Colab badge both name ``pyproject.toml``'s
+``[project.urls] Source``, the one place that says where the repository is.
 """
 
+import ast
+import importlib.metadata
+import importlib.util
+import json
 import os
+import re
+import subprocess
+import sys
+import textwrap
+import tomllib
 from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
-NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = ROOT / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+SOURCE_URL = PYPROJECT["project"]["urls"]["Source"]
+# The repository the notebooks once named; it does not exist.
+PLACEHOLDER = "github.com/lars-optax/lars_optax"
+CHECKOUT_PACKAGES = ("lars_optax", "models", "training", "input_pipeline", "benchmarks", "configs")
+
+_spec = importlib.util.spec_from_file_location("notebook_cache", ROOT / "docs" / "notebook_cache.py")
+notebook_cache = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(notebook_cache)
+
+
+def first_code_cell(path: Path) -> str:
+  notebook = nbformat.read(path, as_version=4)
+  return next(cell.source for cell in notebook.cells if cell.cell_type == "code")
 
 
 def test_every_promised_notebook_exists():
@@ -33,19 +64,153 @@ def test_stored_without_outputs(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_first_code_cell_installs_only_in_colab(path):
-  notebook = nbformat.read(path, as_version=4)
-  setup = next(cell.source for cell in notebook.cells if cell.cell_type == "code")
+def test_names_the_repository_of_pyproject_only(path):
+  text = path.read_text()
+  assert PLACEHOLDER not in text
+  setup = first_code_cell(path)
+  form = re.findall(r'^REPO_URL = "([^"]*)"  # @param \{type:"string"\}$', setup, flags=re.MULTILINE)
+  assert form == [SOURCE_URL]
+  badge = f"https://colab.research.google.com/github/{SOURCE_URL.removeprefix('https://github.com/')}"
+  assert re.findall(r"https://colab\.research\.google\.com/github/[^)\s\"]*", text) == [
+    f"{badge}/blob/main/notebooks/{path.name}"
+  ]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_first_cell_installs_only_in_colab_and_only_the_train_extras_it_names(path):
+  setup = first_code_cell(path)
+  compile(setup, path.name, "exec")  # plain Python: no shell or line magics.
   assert "import google.colab" in setup and "if IN_COLAB:" in setup
-  installs = [line for line in setup.splitlines() if line.lstrip().startswith("!")]
-  assert installs and all(line.startswith("  !") for line in installs)  # all inside `if IN_COLAB:`.
+  before, in_colab = setup.split("if IN_COLAB:\n", 1)
+  assert "subprocess.run" not in before and '"git", "clone"' in in_colab and '"pip", "install"' in in_colab
+  needs = json.loads(re.search(r"^NEEDS = (\[.*\])$", setup, flags=re.MULTILINE).group(1))
+  train = PYPROJECT["project"]["optional-dependencies"]["train"]
+  train_names = {re.split(r"[<>=!~\[; ]", r)[0] for r in train}
+  assert needs and set(needs) <= train_names
+
+
+# Runs the first cell as a script: every socket refuses to connect and resolve, git is a stub that records
+# its calls and answers like an unreachable server, and, when asked, a stub `google.colab` makes it take
+# the Colab branch.
+_RUNNER = textwrap.dedent(
+  """
+  import socket, sys, types
+
+  def refuse(*args, **kwargs):
+    raise OSError("network access attempted")
+
+  socket.socket.connect = socket.socket.connect_ex = refuse
+  socket.create_connection = socket.getaddrinfo = refuse
+  if sys.argv[2] == "colab":
+    sys.modules["google"] = types.ModuleType("google")
+    sys.modules["google.colab"] = sys.modules["google"].colab = types.ModuleType("google.colab")
+  exec(compile(open(sys.argv[1]).read(), "first cell", "exec"), {"__name__": "__main__"})
+  """
+)
+_GIT_STUB = '#!/bin/sh\necho "git $*" >> "$GIT_CALLS"\necho "fatal: unable to access it" >&2\nexit 128\n'
+
+
+def _run_first_cell(path: Path, tmp_path: Path, mode: str) -> tuple[subprocess.CompletedProcess, str]:
+  (tmp_path / "cell.py").write_text(first_code_cell(path))
+  (tmp_path / "runner.py").write_text(_RUNNER)
+  (tmp_path / "bin").mkdir(exist_ok=True)
+  (tmp_path / "bin" / "git").write_text(_GIT_STUB)
+  (tmp_path / "bin" / "git").chmod(0o755)
+  calls = tmp_path / "git_calls.txt"
+  env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "GIT_CALLS": str(calls)}
+  result = subprocess.run(
+    [sys.executable, str(tmp_path / "runner.py"), str(tmp_path / "cell.py"), mode],
+    cwd=NOTEBOOK_DIR,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=False,
+  )
+  return result, calls.read_text() if calls.exists() else ""
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_first_cell_outside_colab_makes_no_network_access(path, tmp_path):
+  result, git_calls = _run_first_cell(path, tmp_path, "local")
+  assert result.returncode == 0, result.stderr
+  assert "Colab: False" in result.stdout and f"repository: {ROOT}" in result.stdout
+  assert git_calls == ""
+
+
+@pytest.mark.skipif(Path("/content/lars_optax").exists(), reason="a Colab checkout is there")
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_first_cell_in_colab_stops_with_a_clear_message_when_the_repository_is_unreachable(path, tmp_path):
+  result, git_calls = _run_first_cell(path, tmp_path, "colab")
+  assert result.returncode != 0
+  assert f"Cannot reach the repository REPO_URL = '{SOURCE_URL}'" in result.stderr
+  assert "Set REPO_URL in this cell's form" in result.stderr
+  assert git_calls.splitlines() == [f"git ls-remote --exit-code {SOURCE_URL} HEAD"]  # checked, never cloned.
+
+
+# The last cell the test appends: the top-level modules the kernel loaded, and the files of the checkout's
+# modules among them.
+_LIST_MODULES = "\n".join(
+  [
+    "import json, sys",
+    f"checkout = {CHECKOUT_PACKAGES!r}",
+    "mods = list(sys.modules.items())",
+    "files = {getattr(m, '__file__', None) or '' for n, m in mods if n.split('.')[0] in checkout}",
+    "print(json.dumps({'loaded': sorted({n.split('.')[0] for n in sys.modules}), 'files': sorted(files)}))",
+  ]
+)
+# Colab's own packages that a notebook uses without installing them: TensorFlow (here its CPU build).
+_COLAB_PROVIDES = {"03_imagenet_pmap": ["tensorflow-cpu"]}
+
+
+def _imported_names(sources: list[str]) -> set[str]:
+  """Top-level names of the modules that ``sources`` import (absolute imports)."""
+  names = set()
+  for source in sources:
+    for node in ast.walk(ast.parse(source)):
+      if isinstance(node, ast.Import):
+        names |= {alias.name.split(".")[0] for alias in node.names}
+      elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+        names.add(node.module.split(".")[0])
+  return names
+
+
+def _requirement_closure(names) -> set[str]:
+  """The distributions ``names`` pull in, by the installed distributions' requirements (extras left out)."""
+  todo, seen = [canonicalize_name(n) for n in names], set()
+  while todo:
+    name = todo.pop()
+    if name in seen:
+      continue
+    seen.add(name)
+    try:
+      requirements = importlib.metadata.requires(name) or []
+    except importlib.metadata.PackageNotFoundError:
+      continue
+    for text in requirements:
+      requirement = Requirement(text)
+      if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+        todo.append(canonicalize_name(requirement.name))
+  return seen
+
+
+def _distributions_outside(modules: list[str], allowed: set[str]) -> set[str]:
+  """Installed distributions of ``modules`` of which none is in ``allowed`` (stdlib modules have none)."""
+  owners = importlib.metadata.packages_distributions()
+  outside = set()
+  for module in modules:
+    dists = {canonicalize_name(d) for d in owners.get(module, [])}
+    if dists and not dists & allowed:
+      outside |= dists
+  return outside
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_runs_in_small_mode(path):
+def test_runs_in_small_mode_with_only_what_its_first_cell_installs(path):
   notebook = nbformat.read(path, as_version=4)
+  notebook.cells.append(nbformat.v4.new_code_cell(_LIST_MODULES))
   env = {key: value for key, value in os.environ.items() if key != "XLA_FLAGS"}
   env["LARS_NOTEBOOK_SMALL"] = "1"
   client = NotebookClient(
@@ -63,3 +228,15 @@ def test_runs_in_small_mode(path):
     if output.output_type == "error"
   ]
   assert not errors
+  report = json.loads(notebook.cells.pop().outputs[0]["text"])
+  cells = [cell.source for cell in notebook.cells if cell.cell_type == "code"][1:]  # after the first.
+  sources = cells + [Path(f).read_text() for f in report["files"] if f.endswith(".py")]
+  # Third-party modules that the project's code imports and the run loaded (not what libraries try).
+  modules = sorted(_imported_names(sources) & set(report["loaded"]) - set(CHECKOUT_PACKAGES))
+  needs = json.loads(re.search(r"^NEEDS = (\[.*\])$", first_code_cell(path), flags=re.MULTILINE).group(1))
+  colab = [*_COLAB_PROVIDES.get(path.stem, []), "ipykernel"]
+  allowed = _requirement_closure([PYPROJECT["project"]["name"], *needs, *colab])
+  assert _distributions_outside(modules, allowed) == set()
+  notebook.metadata[notebook_cache.HASH_KEY] = notebook_cache.source_hash(notebook.cells)
+  notebook_cache.EXECUTED_DIR.mkdir(parents=True, exist_ok=True)
+  nbformat.write(notebook, notebook_cache.EXECUTED_DIR / path.name)

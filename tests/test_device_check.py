@@ -291,4 +291,4 @@ def test_readme_gives_the_device_command():
   commands = [line for block in blocks for line in block.splitlines() if "benchmarks.device_check" in line]
   assert commands == ['PYTHONUNBUFFERED=1 timeout 420 python3 -m benchmarks.device_check --output_dir "$OUT"']
   args = device_check.parse_args(shlex.split(commands[0])[6:])
-  assert (args.smoke, args.time_budget_s, args.output_dir) == (False, 300.0, "$OUT")
+  assert (args.smoke, args.time_budget_s, str(args.output_dir)) == (False, 300.0, "$OUT")

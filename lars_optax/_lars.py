@@ -56,17 +56,17 @@ def lars(
 
   Variants (options; the defaults give the paper):
 
-  ====================================  =====================================================  ===========
-  option                                update of an adapted leaf (d = g + β w)                used by
-  ====================================  =====================================================  ===========
-  default                               v = m v + γ_t λ d;            Δw = -v                  paper, MLPerf
-  ``trust_ratio_norm="update"``         λ = η‖w‖/(‖d‖ + ε); 1 where ‖w‖ or ‖d‖ is 0            optax, SimCLR
-  ``learning_rate_placement="outside"`` v = m v + λ d;                Δw = -γ_t v              timm, BYOL
-  ``trust_clip=True`` (LARC)            rate min(λ, γ_t) replaces γ_t λ (inside), or           apex LARC
-                                        min(λ/γ_t, 1) replaces λ (outside)
-  ``nesterov=True``                     Δw = -(m v_t + γ_t λ d) (inside),                      optax, timm
-                                        Δw = -γ_t (m v_t + λ d) (outside)
-  ====================================  =====================================================  ===========
+  ======================================  =====================================================  =============
+  option                                  update of an adapted leaf (d = g + β w)                used by
+  ======================================  =====================================================  =============
+  default                                 v = m v + γ_t λ d;            Δw = -v                  paper, MLPerf
+  ``trust_ratio_norm="update"``           λ = η‖w‖/(‖d‖ + ε); 1 where ‖w‖ or ‖d‖ is 0            optax, SimCLR
+  ``learning_rate_placement="outside"``   v = m v + λ d;                Δw = -γ_t v              timm, BYOL
+  ``trust_clip=True`` (LARC)              rate min(λ, γ_t) replaces γ_t λ (inside), or           apex LARC
+                                          min(λ/γ_t, 1) replaces λ (outside)
+  ``nesterov=True``                       Δw = -(m v_t + γ_t λ d) (inside),                      optax, timm
+                                          Δw = -γ_t (m v_t + λ d) (outside)
+  ======================================  =====================================================  =============
 
   In full, with r_t the per-leaf rate (γ_t λ, LARC min(λ, γ_t), excluded s γ_t) and ρ_t its outside form
   (λ, LARC min(λ/γ_t, 1), excluded 1), d_t = g + β w for adapted and g for excluded leaves:

@@ -135,10 +135,13 @@ class LayerwiseTrustRatio(NamedTuple):
     """The ``init`` preamble: checks the parameters' dtypes, mask and layer axes; returns zero diagnostics."""
     check_floating_params(params)
     layout = self.layout(params)
-    zeros = jax.tree.map(
-      lambda leaf, axes: jnp.zeros(jnp.shape(leaf)[:axes], jnp.float32), params, layout.num_layer_axes
-    )
-    return TrustRatioDiagnostics(trust_ratio=zeros, param_norm=zeros, grad_norm=zeros)
+
+    def zeros() -> optax.Updates:  # A new tree per field: one shared buffer could not be donated.
+      return jax.tree.map(
+        lambda leaf, axes: jnp.zeros(jnp.shape(leaf)[:axes], jnp.float32), params, layout.num_layer_axes
+      )
+
+    return TrustRatioDiagnostics(trust_ratio=zeros(), param_norm=zeros(), grad_norm=zeros())
 
   def layout(self, params: optax.Params | None) -> LeafLayout:
     """The ``update`` preamble: the mask and layer axes resolved against ``params`` (required)."""

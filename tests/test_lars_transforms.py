@@ -226,3 +226,12 @@ def test_donated_buffers_work():
   for grad in grads:
     p, s = step(p, s, as_jnp(grad))
   chex.assert_trees_all_close(p, run_lars(opt, params, grads)[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("make", [lambda: lars_optax.lars(0.1), lambda: lars_optax.scale_by_trust_ratio()])
+def test_eager_init_state_can_be_donated(make):
+  # Every diagnostics field holds its own buffers, so a state built outside jit can be donated whole.
+  state = make().init({"w": jnp.ones((3, 3)), "b": jnp.zeros(3)})
+  bumped = jax.jit(lambda s: jax.tree.map(lambda x: x + 1, s), donate_argnums=0)(state)
+  assert int(bumped.count) == 1
+  assert float(bumped.diagnostics.trust_ratio["w"]) == 1.0

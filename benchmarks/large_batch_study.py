@@ -171,8 +171,8 @@ QUICK_SETTINGS = dict(
   num_epochs=8,
   num_seeds=2,
   max_widenings=1,
-  sgd_grid=(0.005, 0.02, 0.08),
-  lars_grid=(1.0, 4.0, 16.0),
+  sgd_grid=(0.005, 0.01, 0.02),
+  lars_grid=(1.0, 2.0, 4.0),
   epoch_budgets=(4, 8),
 )
 

@@ -1,45 +1,53 @@
-"""The LARS paper's large-batch experiment at small scale: momentum SGD with linear LR scaling vs LARS.
+"""The LARS paper's large-batch experiment at small scale: linear-scaled SGD, re-tuned SGD and LARS.
 
-For every model, optimizer and global batch size B, with a fixed budget of E epochs (so a larger batch
-takes fewer steps), every (seed, peak learning rate γ_0) of a small grid is trained with warm-up then
-poly(2) decay; γ_0 is chosen on a validation split carved from the training data, and the test accuracy of
-that choice is reported (mean ± std over seeds). Then the largest batch is trained again for
-``longer_factor`` × E epochs (the paper's Table 5: training longer closes most of the gap).
+The protocol of You, Gitman & Ginsburg (2017, Tables 1-5): one epoch budget E for every batch size B of a
+sweep, so a larger batch takes fewer steps. Per data set, four batch sizes; the largest is 16x the
+smallest and still takes at least 200 optimizer steps in the budget. Three contenders, each with
+momentum m = 0.9, weight decay β = 5e-4 on the kernels (never in the loss), the same linear warm-up
+from 0 and poly(2) decay to 0 at the end of the budget:
 
-The paper (You, Gitman & Ginsburg 2017, LARS_NOTES §4) compares AlexNet, whose accuracy collapses at large
-batch with linear scaling and warm-up (58.8% at B=512, 44.8% at 8K), with AlexNet-BN, which keeps it
-much longer, and shows that LARS keeps AlexNet at 58.2% at 8K. The pairs here are small_alexnet /
-small_alexnet_bn on images and conv1d / conv1d_bn on MNIST-1D.
+- ``sgd_linear``: momentum SGD with the linear scaling rule, γ_0(B) = γ_base · B / B_min, γ_base tuned at
+  B_min (the paper's baseline, after Goyal et al. 2017);
+- ``sgd_tuned``: momentum SGD with γ_0 re-tuned at every batch (the counterpoint of Nado et al. 2021);
+- ``lars``: ``lars_optax.lars`` with the paper's hyperparameters (η = 0.001, β = 5e-4, m = 0.9; biases
+  and batch-norm parameters excluded), γ_0 tuned at every batch.
 
-Optimizers (``training.optimizers``, as train.py): ``sgd`` (momentum 0.9, weight decay β = 5e-4 on
-kernels, γ_0 = base × B / B_0 with B_0 the smallest batch of the sweep), ``lars`` (``lars_optax.lars``
-defaults: the paper's Algorithm 1, η = 0.001, β = 5e-4, biases and BN excluded), and optionally ``larc``
-(η = 0.02, clipped, as apex) and ``optax_lars``. Each has its own LR grid (``--lr_grid``).
+Tuning: a grid of peak learning rates spaced by 2 is trained with seed 0 and the value with the best
+validation accuracy is chosen; while it sits at an edge of the grid, the grid is widened by one value
+beyond that edge (at most ``max_widenings`` times, reported). Seeds 1 and 2 are then trained at the
+chosen value, and the test accuracy is reported as mean ± std over the 3 seeds. At B_min, ``sgd_linear``
+and ``sgd_tuned`` are one and the same tuned run; at every other batch ``sgd_linear``'s γ_0 is a point of
+``sgd_tuned``'s grid (its top value), so the grids share runs. The paper's Table 5 analogue: at the
+largest batch, the no-BN model is trained again with ``lars`` and ``sgd_tuned`` for other epoch budgets,
+γ_0 re-tuned for each.
 
-Run from the repository root:
+Run from the repository root (the committed results; about 15 minutes on 2 idle CPU cores):
 
-  python -m benchmarks.large_batch_study --dataset digits --dataset mnist1d --budget_minutes 30
-  python -m benchmarks.large_batch_study --quick            # about a minute: the tests' settings
-  python -m benchmarks.large_batch_study --dataset cifar10 --data_dir ~/tensorflow_datasets
+  python -m benchmarks.large_batch_study
+  python -m benchmarks.large_batch_study --quick     # under 2 minutes: the tests' and notebook's settings
 
-Outputs, per data set, in ``--output_dir`` (default benchmarks/results/): ``study_<dataset>.md`` (tables),
-``study_<dataset>.json`` (every run's numbers) and two plots, ``study_<dataset>_accuracy_vs_batch.png``
-and ``study_<dataset>_accuracy_vs_lr.png``.
+Outputs in ``--output_dir`` (default benchmarks/results/): ``study_summary.json`` (the issue's schema,
+checked by `benchmarks.study_schema`), and per data set ``study_<dataset>.md`` (tables),
+``study_<dataset>.json`` (every run) and two plots, ``study_<dataset>_accuracy_vs_batch.png`` and
+``study_<dataset>_epochs.png``. ``--quick`` writes ``study_quick_*`` instead.
 
-How it stays fast: one compiled step per (model, optimizer, batch size), the learning rate a traced
-argument (see benchmarks/study_engine.py); a wall-clock budget skips the grids it cannot start in time.
+Cost: every point of a sweep processes E·N examples whatever its batch, E·N ≥ 200·B_max, so B_max and the
+step floor set the price of the whole study; the models are the registry's small_alexnet / conv1d pairs at
+reduced widths (``model_kwargs``) so that the study fits its budget on 2 CPU cores.
 
 References:
   You, Gitman & Ginsburg, "Large Batch Training of Convolutional Networks", 2017,
-  https://arxiv.org/abs/1708.03888 (Tables 1, 3 and 5).
+  https://arxiv.org/abs/1708.03888
   Goyal et al., "Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour", 2017,
-  https://arxiv.org/abs/1706.02677 (linear scaling with warm-up).
+  https://arxiv.org/abs/1706.02677
+  Nado et al., "A Large Batch Optimizer Reality Check", 2021, https://arxiv.org/abs/2102.06356
   Greydanus & Kobak, "Scaling Down Deep Learning with MNIST-1D", ICML 2024,
   https://arxiv.org/abs/2011.14439
 """
 
 import argparse
 import dataclasses
+import json
 import os
 import platform
 import shlex
@@ -51,345 +59,397 @@ from types import MappingProxyType
 from typing import Any
 
 import jax
-import tqdm
+import numpy as np
 
 import lars_optax
-from benchmarks import study_engine, study_report
-from models import get_model
-from training import optimizers
+from benchmarks import study_engine, study_report, study_schema
+from models import ConvLayer, get_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT_DIR = REPO_ROOT / "benchmarks" / "results"
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimizerSetup:
-  """How the study tunes one optimizer.
-
-  Attributes:
-    grid: base peak learning rates, at the smallest batch of the sweep.
-    scaling: how γ_0 grows with B from that batch: a key of ``training.optimizers.LR_SCALING``.
-    trust_coefficient: η (LARC uses apex's 0.02; the others the paper's 0.001).
-  """
-
-  grid: tuple[float, ...]
-  scaling: str
-  trust_coefficient: float = 0.001
-
-
-OPTIMIZER_SETUPS: Mapping[str, OptimizerSetup] = MappingProxyType(
-  {
-    "sgd": OptimizerSetup(grid=(0.001, 0.004, 0.016, 0.064, 0.256), scaling="linear"),
-    "lars": OptimizerSetup(grid=(0.25, 1.0, 4.0, 16.0), scaling="none"),
-    "larc": OptimizerSetup(
-      grid=(0.001, 0.004, 0.016, 0.064, 0.256), scaling="linear", trust_coefficient=0.02
-    ),
-    "optax_lars": OptimizerSetup(grid=(0.25, 1.0, 4.0, 16.0), scaling="none"),
-  }
-)
+CONTENDERS = ("sgd_linear", "sgd_tuned", "lars")
+_ENGINE_OPTIMIZER = MappingProxyType({"sgd_linear": "sgd", "sgd_tuned": "sgd", "lars": "lars"})
 
 
 @dataclasses.dataclass(frozen=True)
 class StudySettings:
-  """Everything one data set's study depends on (the defaults of `DATASET_SETTINGS`).
+  """Everything one data set's study depends on.
 
   Attributes:
-    dataset: ``"digits"``, ``"mnist1d"`` or a TFDS image-classification name.
-    models: names in ``models.MODELS``, typically a no-BN / BN pair.
-    optimizers: names in `OPTIMIZER_SETUPS`.
-    batch_sizes: the global batch sizes B of the sweep (the smallest is B_0 of the scaling rules).
+    dataset: ``"digits"`` or ``"mnist1d"``.
+    models: names in ``models.MODELS``: the no-BN model first, then its BN twin.
+    model_kwargs: fields passed to every model (reduced widths), the same for both of the pair.
+    batch_sizes: the global batch sizes of the sweep (the smallest is B_min of the linear scaling rule).
     num_epochs: the epoch budget E of the sweep.
-    warmup_epochs: linear warm-up, then poly(2) decay to 0 at E.
-    num_seeds: seeds 0 .. num_seeds - 1 for every learning rate.
-    val_examples: examples carved from the training split to choose the learning rate.
-    train_examples: training examples used (None: all that remain).
-    longer_factor: the train-longer runs (largest batch) last longer_factor × E epochs; 0 skips them.
-    longer_optimizers: the optimizers trained longer.
-    grids: base LR grid per optimizer (default: `OPTIMIZER_SETUPS`).
-    data_dir: TFDS data directory (also caches MNIST-1D).
+    warmup_fraction: linear warm-up over this fraction of the budget, then poly(2) decay to 0.
+    val_examples: validation examples (digits: carved from the training split; MNIST-1D: generated).
+    val_seed: MNIST-1D only: the generator's seed for the validation signals.
+    sgd_grid: the initial grid of γ_base for momentum SGD at B_min.
+    lars_grid: the initial grid of γ_0 for LARS at B_min.
+    epoch_budgets: the Table 5 analogue's budgets at the largest batch (no-BN model).
+    num_seeds: seeds 0 .. num_seeds - 1 at every chosen learning rate (seed 0 tunes).
+    max_widenings: at most this many values added to a grid whose choice sits at an edge.
+    train_examples: digits only: None for the whole training split minus validation.
+    data_dir: where MNIST-1D is cached.
   """
 
   dataset: str
   models: tuple[str, ...]
   batch_sizes: tuple[int, ...]
   num_epochs: int
-  warmup_epochs: float
   val_examples: int
-  optimizers: tuple[str, ...] = ("sgd", "lars")
+  sgd_grid: tuple[float, ...]
+  lars_grid: tuple[float, ...]
+  epoch_budgets: tuple[int, ...]
+  model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  warmup_fraction: float = 0.1
+  val_seed: int = 1
   num_seeds: int = 3
+  max_widenings: int = 4
   train_examples: int | None = None
-  longer_factor: int = 2
-  longer_optimizers: tuple[str, ...] = ("lars",)
-  grids: Mapping[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
   data_dir: str | None = None
 
   def __post_init__(self):
-    unknown = sorted(set(self.optimizers + self.longer_optimizers) - set(OPTIMIZER_SETUPS))
-    if unknown:
-      raise ValueError(f"optimizers must be in {sorted(OPTIMIZER_SETUPS)}, got {unknown}.")
-    if self.num_seeds < 1 or self.num_epochs < 1 or not self.batch_sizes:
+    if self.num_seeds < 1 or self.num_epochs < 1 or len(self.batch_sizes) < 2:
       raise ValueError(
-        "num_seeds and num_epochs must be >= 1 and batch_sizes non-empty, got "
+        "num_seeds and num_epochs must be >= 1 and batch_sizes hold two or more, got "
         f"{self.num_seeds}, {self.num_epochs}, {self.batch_sizes}."
       )
 
-  def grid(self, optimizer: str) -> tuple[float, ...]:
-    return tuple(self.grids.get(optimizer, OPTIMIZER_SETUPS[optimizer].grid))
-
-  def peak_learning_rates(self, optimizer: str, batch_size: int) -> list[float]:
-    """The grid of γ_0 at ``batch_size``: each base value scaled from the smallest batch."""
-    scale = optimizers.LR_SCALING[OPTIMIZER_SETUPS[optimizer].scaling]
-    base_batch = min(self.batch_sizes)
-    return [scale(lr, batch_size, base_batch_size=base_batch) for lr in self.grid(optimizer)]
+  @property
+  def warmup_epochs(self) -> float:
+    return self.warmup_fraction * self.num_epochs
 
 
-_IMAGES = dict(models=("small_alexnet", "small_alexnet_bn"))
+# Half the channels of the registry's widths (a quarter of the multiply-adds): see the module docstring.
+_NARROW_ALEXNET = dict(
+  layers=(
+    ConvLayer(16, (3, 3), lrn=True, pool=True),
+    ConvLayer(32, (3, 3), lrn=True),
+    ConvLayer(64, (3, 3), pool=True),
+  ),
+  hidden_features=(128, 128),
+)
+_NARROW_CONV1D = dict(
+  layers=(ConvLayer(16, (5,)), ConvLayer(16, (5,), pool=True), ConvLayer(32, (3,), pool=True)),
+  hidden_features=(64,),
+)
 
-# Sized so that digits and MNIST-1D together take under half an hour on 2 shared CPU cores: every grid
-# costs (LRs × seeds × epochs × training examples) forward-backward passes, whatever the batch size.
 DATASET_SETTINGS: Mapping[str, StudySettings] = MappingProxyType(
   {
+    # 1,438 training images - 158 validation = 1,280 = 10 x 128: 200 steps at B = 128 in 20 epochs.
     "digits": StudySettings(
-      "digits", batch_sizes=(32, 128, 512), num_epochs=12, warmup_epochs=1, val_examples=288, **_IMAGES
+      "digits",
+      models=("small_alexnet", "small_alexnet_bn"),
+      model_kwargs=_NARROW_ALEXNET,
+      batch_sizes=(8, 16, 32, 128),
+      num_epochs=20,
+      val_examples=158,
+      sgd_grid=(0.0025, 0.005, 0.01, 0.02),
+      lars_grid=(1.0, 2.0, 4.0, 8.0),
+      epoch_budgets=(10, 20, 40, 80),
     ),
+    # All 40,000 training signals: 156 steps per epoch at B = 256, 312 in 2 epochs.
     "mnist1d": StudySettings(
       "mnist1d",
       models=("conv1d", "conv1d_bn"),
-      batch_sizes=(64, 256, 1024),
-      num_epochs=8,
-      warmup_epochs=1,
-      val_examples=2000,
-      train_examples=6144,
-      grids={"sgd": (0.002, 0.008, 0.032, 0.128, 0.512)},
+      model_kwargs=_NARROW_CONV1D,
+      batch_sizes=(16, 32, 64, 256),
+      num_epochs=2,
+      val_examples=4000,
+      sgd_grid=(0.005, 0.01, 0.02, 0.04),
+      lars_grid=(1.0, 2.0, 4.0, 8.0),
+      epoch_budgets=(1, 2, 4, 8),
     ),
   }
 )
 
-# TFDS data sets of small images (cifar10, mnist, ...): larger batches, fewer epochs.
-TFDS_SETTINGS = dict(batch_sizes=(128, 1024, 8192), num_epochs=10, warmup_epochs=1, val_examples=5000)
-
-# --quick: about a minute, for tests and notebooks: the BN model of the pair only, 576 training
-# examples, two batch sizes, three epochs and grids so wide that the middle value wins.
+# --quick: digits, 256 training images, two batches, 2 seeds, small grids: for tests and notebook 02.
 QUICK_SETTINGS = dict(
-  batch_sizes=(32, 256),
-  train_examples=576,
-  num_epochs=3,
-  warmup_epochs=1,
-  grids={"sgd": (0.001, 0.05, 2.5), "lars": (0.05, 2.0, 80.0)},
+  batch_sizes=(16, 64),
+  train_examples=256,
+  num_epochs=8,
+  num_seeds=2,
+  max_widenings=1,
+  sgd_grid=(0.005, 0.01, 0.02),
+  lars_grid=(1.0, 2.0, 4.0),
+  epoch_budgets=(4, 8),
 )
 
 
 def settings_for(dataset: str, *, quick: bool = False, **overrides: Any) -> StudySettings:
-  """The default settings of ``dataset`` (`QUICK_SETTINGS` on top when ``quick``), then ``overrides``.
-
-  Overrides that are None are ignored, so that unset command-line flags keep the defaults; ``grids``
-  are merged into the default grids.
-  """
-  if dataset in DATASET_SETTINGS:
-    settings = DATASET_SETTINGS[dataset]
-  else:
-    settings = StudySettings(dataset, **_IMAGES, **TFDS_SETTINGS)
+  """The settings of ``dataset`` (`QUICK_SETTINGS` on top when ``quick``); None overrides are ignored."""
+  if dataset not in DATASET_SETTINGS:
+    raise ValueError(f"dataset must be one of {sorted(DATASET_SETTINGS)}, got {dataset!r}.")
+  settings = DATASET_SETTINGS[dataset]
   if quick:
-    settings = dataclasses.replace(settings, models=settings.models[-1:], **QUICK_SETTINGS)
-  overrides = {k: v for k, v in overrides.items() if v is not None}
-  grids = {**settings.grids, **overrides.pop("grids", {})}
-  return dataclasses.replace(settings, grids=grids, **overrides)
+    settings = dataclasses.replace(settings, **QUICK_SETTINGS)
+  return dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def plan_cells(settings: StudySettings, steps_per_epoch: Mapping[int, int]) -> list[study_report.Cell]:
-  """The grids to train, in order: per model, per batch size, every optimizer; then the longer runs."""
-  seeds = list(range(settings.num_seeds))
-
-  def cell(model, optimizer, batch_size, num_epochs, kind):
-    return study_report.Cell(
-      model,
-      optimizer,
-      batch_size,
-      num_epochs,
-      kind,
-      steps_per_epoch[batch_size],
-      seeds,
-      settings.peak_learning_rates(optimizer, batch_size),
+def load_data(settings: StudySettings) -> study_engine.Split:
+  if settings.dataset == "mnist1d":
+    return study_engine.mnist1d_split(
+      val_examples=settings.val_examples, val_seed=settings.val_seed, data_dir=settings.data_dir
     )
-
-  cells = [
-    cell(model, optimizer, batch_size, settings.num_epochs, study_report.SWEEP)
-    for model in settings.models
-    for batch_size in sorted(settings.batch_sizes)
-    for optimizer in settings.optimizers
-  ]
-  if settings.longer_factor:
-    epochs = settings.longer_factor * settings.num_epochs
-    cells += [
-      cell(model, optimizer, max(settings.batch_sizes), epochs, study_report.LONGER)
-      for model in settings.models
-      for optimizer in settings.longer_optimizers
-    ]
-  return cells
-
-
-def run_study(
-  settings: StudySettings,
-  *,
-  budget_seconds: float = float("inf"),
-  runs_per_call: int | None = None,
-  progress: bool = True,
-) -> list[study_report.Cell]:
-  """Trains every grid of ``settings``; grids that cannot start within ``budget_seconds`` are skipped.
-
-  Returns:
-    The `study_report.Cell` list of `plan_cells`, with ``runs`` filled in (None where skipped).
-  """
-  start = time.perf_counter()
-  split = study_engine.load_split(
-    settings.dataset,
-    val_examples=settings.val_examples,
-    train_examples=settings.train_examples,
-    data_dir=settings.data_dir,
+  return study_engine.load_split(
+    settings.dataset, val_examples=settings.val_examples, train_examples=settings.train_examples
   )
-  num_train = len(split.train_labels)
-  cells = plan_cells(settings, {b: lars_optax.steps_per_epoch(num_train, b) for b in settings.batch_sizes})
-  models = {
-    name: study_engine.CompiledModel(get_model(name, num_classes=split.num_classes), split.train_images[:1])
-    for name in settings.models
-  }
-  trainers = {}
-  total = sum(len(c.seeds) * len(c.peak_learning_rates) * c.num_epochs for c in cells)
-  bar = tqdm.tqdm(total=total, unit="run-epoch", disable=not progress, desc=settings.dataset)
-  for cell in cells:
-    if time.perf_counter() - start > budget_seconds:
-      bar.write(f"budget spent: skipping {cell.model} {cell.optimizer} B={cell.batch_size}")
-      continue
-    key = (cell.model, cell.optimizer, cell.batch_size)
-    if key not in trainers:
-      make_optimizer = study_engine.OptimizerHparams(
-        trust_coefficient=OPTIMIZER_SETUPS[cell.optimizer].trust_coefficient
-      ).factory(cell.optimizer)
-      trainers[key] = study_engine.GridTrainer(
-        models[cell.model],
-        make_optimizer,
-        split,
-        cell.batch_size,
-        runs_per_call,
+
+
+@dataclasses.dataclass
+class Point:
+  """One finished run: (model, optimizer, batch, epochs, seed, γ_0) -> its accuracies."""
+
+  val_accuracy: float
+  test_accuracy: float
+  final_loss: float  # mean training loss of the last epoch (inf or NaN once diverged)
+  trust_ratio: dict[str, float]  # LARS: λ per adapted layer at the last step; {} otherwise
+  param_norm: dict[str, float]
+  grad_norm: dict[str, float]
+
+
+class Study:
+  """Trains runs on demand and remembers them, so that contenders and grids share their runs."""
+
+  def __init__(self, settings: StudySettings, runs_per_call: int | None = None, log=print):
+    self.settings = settings
+    self.split = load_data(settings)
+    self.num_train = len(self.split.train_labels)
+    self._runs_per_call = runs_per_call
+    self._log = log
+    self._models = {
+      name: study_engine.CompiledModel(
+        get_model(name, num_classes=self.split.num_classes, **settings.model_kwargs),
+        self.split.train_images[:1],
       )
-    bar.set_postfix_str(f"{cell.model} {cell.optimizer} B={cell.batch_size} E={cell.num_epochs}")
-    cell.runs = trainers[key].run(
-      cell.seeds,
-      cell.peak_learning_rates,
-      num_epochs=cell.num_epochs,
-      warmup_epochs=settings.warmup_epochs,
-      on_epoch=bar.update,
+      for name in settings.models
+    }
+    self._trainers = {}
+    self.points: dict[tuple, Point] = {}
+    self.seconds = 0.0
+
+  def steps(self, batch_size: int, num_epochs: int) -> int:
+    return num_epochs * lars_optax.steps_per_epoch(self.num_train, batch_size)
+
+  def train(self, model: str, optimizer: str, batch: int, epochs: int, seeds, learning_rates) -> None:
+    """Trains every (seed, γ_0) not yet trained; the learning rates of one seed share one grid."""
+    missing = lambda s, lr: (model, optimizer, batch, epochs, s, lr) not in self.points
+    seeds = [s for s in seeds if any(missing(s, lr) for lr in learning_rates)]
+    todo = [lr for lr in learning_rates if any(missing(s, lr) for s in seeds)]
+    if not todo:
+      return
+    key = (model, optimizer, batch)
+    if key not in self._trainers:
+      make = study_engine.OptimizerHparams().factory(optimizer)
+      self._trainers[key] = study_engine.GridTrainer(
+        self._models[model], make, self.split, batch, self._runs_per_call
+      )
+    runs = self._trainers[key].run(
+      list(seeds), todo, num_epochs=epochs, warmup_epochs=self.settings.warmup_fraction * epochs
     )
-  bar.close()
-  return cells
+    self.seconds += runs.seconds
+    for i, seed in enumerate(seeds):
+      for j, lr in enumerate(todo):
+        diag = {f: {k: float(v[i, j, -1]) for k, v in d.items()} for f, d in runs.diagnostics.items()}
+        self.points[(model, optimizer, batch, epochs, seed, lr)] = Point(
+          float(runs.val_accuracy[i, j]),
+          float(runs.test_accuracy[i, j]),
+          float(runs.train_loss[i, j, -1]),
+          diag.get("trust_ratio", {}),
+          diag.get("param_norm", {}),
+          diag.get("grad_norm", {}),
+        )
+    self._log(
+      f"{self.settings.dataset} {model} {optimizer} B={batch} E={epochs} seeds={list(seeds)} "
+      f"γ₀={[f'{v:.4g}' for v in todo]}: {runs.seconds:.1f} s"
+    )
+
+  def point(self, model, optimizer, batch, epochs, seed, lr) -> Point:
+    return self.points[(model, optimizer, batch, epochs, seed, lr)]
+
+  def tune(self, model: str, optimizer: str, batch: int, epochs: int, grid: Sequence[float]) -> dict:
+    """Chooses γ_0 on seed 0's validation accuracy, widening the grid until the choice is interior."""
+    grid, widened = sorted(set(grid)), 0
+    while True:
+      self.train(model, optimizer, batch, epochs, [0], grid)
+      val = [self.point(model, optimizer, batch, epochs, 0, lr).val_accuracy for lr in grid]
+      choice = int(np.argmax(val))  # ties: the smaller learning rate.
+      interior = 0 < choice < len(grid) - 1
+      if interior or widened >= self.settings.max_widenings:
+        break
+      grid = [grid[0] / 2, *grid] if choice == 0 else [*grid, grid[-1] * 2]
+      widened += 1
+    return dict(grid=grid, val=val, lr=grid[choice], widened=widened, at_edge=not interior)
+
+  def seeds_at(self, model, optimizer, batch, epochs, lr) -> dict:
+    """Mean and std over the seeds of the test accuracy at ``lr`` (trained where missing)."""
+    seeds = range(self.settings.num_seeds)
+    self.train(model, optimizer, batch, epochs, seeds, [lr])
+    points = [self.point(model, optimizer, batch, epochs, s, lr) for s in seeds]
+    test = np.asarray([p.test_accuracy for p in points])
+    return dict(
+      mean=float(test.mean()),
+      std=float(test.std()),
+      lr=float(lr),
+      test=test.tolist(),
+      val=[p.val_accuracy for p in points],
+      diverged=int(sum(not np.isfinite(p.final_loss) for p in points)),
+    )
 
 
-def describe(settings: StudySettings, cells: Sequence[study_report.Cell], seconds: float) -> str:
-  """The setup paragraph of the report: data, budget, grids, machine, time and command."""
-  sweep = [c for c in cells if c.kind == study_report.SWEEP]
-  grids = "; ".join(
-    f"{o}: {', '.join(f'{v:g}' for v in settings.grid(o))} at B={min(settings.batch_sizes)}, "
-    f"{OPTIMIZER_SETUPS[o].scaling} scaling"
-    for o in dict.fromkeys(settings.optimizers + settings.longer_optimizers)
+def _contender(study: Study, model: str, contender: str, batch: int, epochs: int, grid) -> dict:
+  optimizer = _ENGINE_OPTIMIZER[contender]
+  tuning = study.tune(model, optimizer, batch, epochs, grid)
+  return study.seeds_at(model, optimizer, batch, epochs, tuning["lr"]) | {"tuning": tuning}
+
+
+def run_model(study: Study, model: str) -> dict:
+  """The batch sweep of one model: every contender at every batch."""
+  s = study.settings
+  b_min, epochs = min(s.batch_sizes), s.num_epochs
+  batches, lars_grid = [], s.lars_grid
+  for batch in sorted(s.batch_sizes):
+    entry = dict(batch_size=batch, steps=study.steps(batch, epochs), test_accuracy={})
+    acc = entry["test_accuracy"]
+    if batch == b_min:
+      tuned = _contender(study, model, "sgd_tuned", batch, epochs, s.sgd_grid)
+      base = tuned["lr"]
+      acc["sgd_linear"] = dict(tuned, tuning=None)
+    else:
+      linear = base * batch / b_min
+      tuned = _contender(
+        study, model, "sgd_tuned", batch, epochs, [linear / 8, linear / 4, linear / 2, linear]
+      )
+      acc["sgd_linear"] = study.seeds_at(model, "sgd", batch, epochs, linear) | {"tuning": None}
+    acc["sgd_tuned"] = tuned
+    acc["lars"] = _contender(study, model, "lars", batch, epochs, lars_grid)
+    chosen = acc["lars"]["lr"]
+    lars_grid = [chosen / 2, chosen, chosen * 2, chosen * 4]  # the next, larger batch starts here.
+    batches.append(entry)
+  return dict(batch_norm=model.endswith("_bn"), batches=batches)
+
+
+def run_epochs(study: Study, model: str, sweep: dict) -> list[dict]:
+  """Table 5 analogue: the largest batch of the no-BN model for every epoch budget, γ_0 re-tuned."""
+  s = study.settings
+  largest = max(sweep["batches"], key=lambda b: b["batch_size"])
+  batch, rows = largest["batch_size"], []
+  for epochs in sorted(s.epoch_budgets):
+    row = dict(epochs=epochs, steps=study.steps(batch, epochs), test_accuracy={})
+    for contender in ("sgd_tuned", "lars"):
+      if epochs == s.num_epochs:
+        row["test_accuracy"][contender] = largest["test_accuracy"][contender]
+        continue
+      c = largest["test_accuracy"][contender]["lr"]
+      row["test_accuracy"][contender] = _contender(study, model, contender, batch, epochs, [c / 2, c, c * 2])
+    rows.append(row)
+  return rows
+
+
+def run_dataset(settings: StudySettings, runs_per_call: int | None = None, log=print) -> dict:
+  """The whole study of one data set: ``{"models": ..., "epochs": ..., "settings": ..., ...}``."""
+  start = time.perf_counter()
+  study = Study(settings, runs_per_call, log)
+  models = {model: run_model(study, model) for model in settings.models}
+  no_bn = settings.models[0]
+  epochs = run_epochs(study, no_bn, models[no_bn])
+  lars_layers = {
+    f"{m} B={b}": p.trust_ratio
+    for (m, o, b, e, seed, lr), p in study.points.items()
+    if o == "lars"
+    and seed == 0
+    and e == settings.num_epochs
+    and lr == next(x for x in models[m]["batches"] if x["batch_size"] == b)["test_accuracy"]["lars"]["lr"]
+  }
+  return dict(
+    dataset=settings.dataset,
+    settings=dataclasses.asdict(settings) | {"model_kwargs": repr(dict(settings.model_kwargs))},
+    num_train=study.num_train,
+    num_val=len(study.split.val_labels),
+    num_test=len(study.split.test_labels),
+    models=models,
+    epochs=dict(model=no_bn, batch_size=max(settings.batch_sizes), rows=epochs),
+    trust_ratios=lars_layers,
+    points=[
+      dict(zip(("model", "optimizer", "batch_size", "epochs", "seed", "lr"), k, strict=True))
+      | dataclasses.asdict(p)
+      for k, p in study.points.items()
+    ],
+    train_seconds=study.seconds,
+    seconds=time.perf_counter() - start,
   )
-  machine = (
-    f"{platform.machine()} {jax.default_backend()} ({os.cpu_count()} CPU cores), jax {jax.__version__}"
-  )
-  return "\n".join(
-    [
-      f"- Data: {settings.dataset}, validation {settings.val_examples} examples carved from training, "
-      f"training {settings.train_examples or 'all the rest'}; test = the data set's evaluation split.",
-      f"- Budget: {settings.num_epochs} epochs (warm-up {settings.warmup_epochs:g}, then poly(2) to 0), "
-      f"{settings.num_seeds} seeds per learning rate, {len(sweep)} sweep grids; momentum 0.9, "
-      "weight decay 5e-4 (kernels only), η = 0.001 (LARC 0.02).",
-      f"- Base LR grids: {grids}.",
-      f"- Machine: {machine}; wall-clock {seconds / 60:.1f} min (compilation included).",
-      f"- Command: `{shlex.join(['python', '-m', 'benchmarks.large_batch_study', *sys.argv[1:]])}`",
-    ]
-  )
+
+
+def machine() -> str:
+  """The processor, its core count and the software versions."""
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+  except (OSError, StopIteration):
+    pass
+  software = f"{jax.default_backend()}, jax {jax.__version__}, Python {platform.python_version()}"
+  return f"{cpu}, {os.cpu_count()} cores, {software}"
+
+
+def summary(results: Sequence[dict], command: str, wall_minutes: float) -> dict:
+  """The issue's ``study_summary.json`` schema (and nothing else)."""
+  datasets = {}
+  for r in results:
+    datasets[r["dataset"]] = {
+      "models": {
+        name: {
+          "batch_norm": model["batch_norm"],
+          "batches": [
+            {
+              "batch_size": b["batch_size"],
+              "steps": b["steps"],
+              "test_accuracy": {
+                c: {k: b["test_accuracy"][c][k] for k in ("mean", "std", "lr")} for c in CONTENDERS
+              },
+            }
+            for b in model["batches"]
+          ],
+        }
+        for name, model in r["models"].items()
+      }
+    }
+  return {"command": command, "wall_minutes": wall_minutes, "machine": machine(), "datasets": datasets}
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--dataset", action="append", help="repeatable; default: digits")
-  parser.add_argument("--quick", action="store_true", help="tiny settings that run in seconds")
-  parser.add_argument("--models", nargs="+")
-  parser.add_argument("--optimizers", nargs="+", choices=sorted(OPTIMIZER_SETUPS))
-  parser.add_argument("--batch_sizes", nargs="+", type=int)
-  parser.add_argument("--num_epochs", type=int)
-  parser.add_argument("--warmup_epochs", type=float)
+  parser.add_argument("--dataset", action="append", choices=sorted(DATASET_SETTINGS), help="default: both")
+  parser.add_argument("--quick", action="store_true", help="tiny digits settings, under 2 minutes")
   parser.add_argument("--num_seeds", type=int)
-  parser.add_argument("--val_examples", type=int)
-  parser.add_argument("--train_examples", type=int)
-  parser.add_argument("--longer_factor", type=int, help="0: no train-longer runs")
-  parser.add_argument("--longer_optimizers", nargs="+", choices=sorted(OPTIMIZER_SETUPS))
-  parser.add_argument(
-    "--lr_grid",
-    action="append",
-    default=[],
-    metavar="OPTIMIZER=LR,LR,...",
-    help="base learning rates of one optimizer at the smallest batch (repeatable)",
-  )
   parser.add_argument("--data_dir")
   parser.add_argument("--output_dir", type=Path, default=DEFAULT_OUTPUT_DIR)
-  parser.add_argument("--budget_minutes", type=float, default=float("inf"), help="for all data sets")
   parser.add_argument("--runs_per_call", type=int, help="runs per vmapped step; default 1 on CPU")
-  parser.add_argument("--no_progress", action="store_true")
   return parser.parse_args(argv)
 
 
-def _parse_grids(specs: Sequence[str]) -> dict[str, tuple[float, ...]] | None:
-  grids = {}
-  for spec in specs:
-    name, _, values = spec.partition("=")
-    if name not in OPTIMIZER_SETUPS or not values:
-      raise ValueError(f"--lr_grid must look like sgd=0.01,0.1 with a known optimizer, got {spec!r}.")
-    grids[name] = tuple(float(v) for v in values.split(","))
-  return grids or None
-
-
-def main(argv: Sequence[str]) -> dict[str, dict[str, Path]]:
-  """Runs the study for every ``--dataset`` and writes its outputs; returns their paths by data set."""
+def main(argv: Sequence[str]) -> dict[str, Path]:
+  """Runs the study and writes its outputs; returns their paths."""
   args = parse_args(argv)
   start = time.perf_counter()
-  overrides = dict(
-    models=args.models and tuple(args.models),
-    optimizers=args.optimizers and tuple(args.optimizers),
-    batch_sizes=args.batch_sizes and tuple(args.batch_sizes),
-    num_epochs=args.num_epochs,
-    warmup_epochs=args.warmup_epochs,
-    num_seeds=args.num_seeds,
-    val_examples=args.val_examples,
-    train_examples=args.train_examples,
-    longer_factor=args.longer_factor,
-    longer_optimizers=args.longer_optimizers and tuple(args.longer_optimizers),
-    grids=_parse_grids(args.lr_grid),
-    data_dir=args.data_dir,
-  )
-  outputs = {}
-  for dataset in args.dataset or ["digits"]:
-    settings = settings_for(dataset, quick=args.quick, **overrides)
-    dataset_start = time.perf_counter()
-    cells = run_study(
-      settings,
-      budget_seconds=60 * args.budget_minutes - (dataset_start - start),
-      runs_per_call=args.runs_per_call,
-      progress=not args.no_progress,
-    )
-    seconds = time.perf_counter() - dataset_start
-    name = f"study_{dataset}" + ("_quick" if args.quick else "")
-    outputs[dataset] = study_report.write(
-      args.output_dir,
-      name,
-      f"Large-batch study: {dataset}",
-      describe(settings, cells, seconds),
-      cells,
-      {"settings": dataclasses.asdict(settings), "seconds": seconds},
-    )
-    print(study_report.summary_table(cells))
-    print(f"{dataset}: {seconds / 60:.1f} min; wrote {', '.join(map(str, outputs[dataset].values()))}")
-  print(f"Total time: {(time.perf_counter() - start) / 60:.1f} min")
-  return outputs
+  command = shlex.join(["python", "-m", "benchmarks.large_batch_study", *argv])
+  datasets = args.dataset or (["digits"] if args.quick else list(DATASET_SETTINGS))
+  results = []
+  for dataset in datasets:
+    settings = settings_for(dataset, quick=args.quick, num_seeds=args.num_seeds, data_dir=args.data_dir)
+    results.append(run_dataset(settings, args.runs_per_call, log=lambda m: print(m, flush=True)))
+  wall_minutes = (time.perf_counter() - start) / 60
+  record = summary(results, command, round(wall_minutes, 2))
+  study_schema.validate(record)
+  prefix = "study_quick" if args.quick else "study"
+  args.output_dir.mkdir(parents=True, exist_ok=True)
+  paths = {"summary": args.output_dir / f"{prefix}_summary.json"}
+  paths["summary"].write_text(json.dumps(record, indent=1) + "\n")
+  for r in results:
+    paths |= study_report.write(args.output_dir, f"{prefix}_{r['dataset']}", r, record)
+  print(f"Total: {wall_minutes:.1f} min; wrote {', '.join(str(p) for p in paths.values())}")
+  return paths
 
 
 if __name__ == "__main__":

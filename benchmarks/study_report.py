@@ -1,14 +1,13 @@
 """Tables (Markdown), plots (PNG) and raw numbers (JSON) of the large-batch study.
 
-A `Cell` is one grid of the study: a model, an optimizer, a global batch size and an epoch budget, trained
-for every (seed, peak learning rate). Its learning rate is chosen on the validation split (highest mean
-over seeds) and its test accuracy is reported at that choice only.
+Everything here reads the records of `benchmarks.large_batch_study.run_dataset` (also stored as
+``study_<dataset>.json``), so ``python -m benchmarks.study_report benchmarks/results/study_digits.json``
+re-renders a report without training.
 """
 
-import dataclasses
 import json
-import math
-from collections.abc import Sequence
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,278 +15,223 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display needed.
 import matplotlib.pyplot as plt
-import numpy as np
 
-from benchmarks.study_engine import GridRuns
-
-SWEEP, LONGER = "sweep", "longer"
+CONTENDERS = ("sgd_linear", "sgd_tuned", "lars")
 
 
-@dataclasses.dataclass
-class Cell:
-  """One grid of runs and its outcome.
-
-  Attributes:
-    model: a name in ``models.MODELS``.
-    optimizer: a name in ``training.optimizers.OPTIMIZERS``.
-    batch_size: B.
-    num_epochs: the epoch budget E.
-    kind: ``"sweep"`` (the batch-size sweep) or ``"longer"`` (the train-longer runs).
-    steps_per_epoch: ⌊N / B⌋.
-    seeds: the S seeds.
-    peak_learning_rates: the L values of γ_0 tried (after the batch-size scaling rule).
-    runs: what training produced; None when the wall-clock budget ran out first.
-  """
-
-  model: str
-  optimizer: str
-  batch_size: int
-  num_epochs: int
-  kind: str
-  steps_per_epoch: int
-  seeds: list[int]
-  peak_learning_rates: list[float]
-  runs: GridRuns | None = None
-
-  @property
-  def choice(self) -> int:
-    """Index of the learning rate with the best mean validation accuracy (the smaller one on ties)."""
-    return int(np.argmax(self.runs.val_accuracy.mean(axis=0)))
-
-  @property
-  def at_edge(self) -> bool:
-    """Whether the chosen learning rate is the smallest or the largest of a grid of two or more."""
-    return len(self.peak_learning_rates) > 1 and self.choice in (0, len(self.peak_learning_rates) - 1)
-
-  @property
-  def chosen_learning_rate(self) -> float:
-    return self.peak_learning_rates[self.choice]
-
-  @property
-  def test_accuracy(self) -> np.ndarray:
-    """``(S,)`` test accuracies of the seeds at the chosen learning rate."""
-    return self.runs.test_accuracy[:, self.choice]
-
-  @property
-  def diverged(self) -> np.ndarray:
-    """``(L,)`` number of seeds whose training loss ended non-finite, per learning rate."""
-    return np.sum(~np.isfinite(self.runs.train_loss[..., -1]), axis=0)
-
-  def to_json(self) -> dict[str, Any]:
-    """The cell with its raw numbers (LARS diagnostics at the chosen learning rate only)."""
-    out = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
-    out.pop("runs")
-    if self.runs is None:
-      return out | {"skipped": True}
-    runs = self.runs
-    return out | {
-      "val_accuracy": runs.val_accuracy.tolist(),
-      "test_accuracy": runs.test_accuracy.tolist(),
-      "train_loss": np.where(np.isfinite(runs.train_loss), runs.train_loss, None).tolist(),
-      "diagnostics_at_choice": {
-        field: {layer: v[:, self.choice].tolist() for layer, v in values.items()}
-        for field, values in runs.diagnostics.items()
-      },
-      "chosen_learning_rate": self.chosen_learning_rate,
-      "at_edge": self.at_edge,
-      "seconds": runs.seconds,
-    }
+def _pct(entry: Mapping[str, Any]) -> str:
+  return f"{100 * entry['mean']:.1f} ± {100 * entry['std']:.1f}"
 
 
-def _percent(values: np.ndarray) -> str:
-  return f"{100 * np.mean(values):.1f} ± {100 * np.std(values):.1f}"
+def _lr(entry: Mapping[str, Any]) -> str:
+  tuning = entry.get("tuning")
+  mark = ""
+  if tuning:
+    mark = (f" +{tuning['widened']}" if tuning["widened"] else "") + (" †" if tuning["at_edge"] else "")
+  return f"{entry['lr']:.3g}{mark}"
 
 
-def _lr(value: float) -> str:
-  return f"{value:.3g}"
+def headline_sentence(result: Mapping[str, Any]) -> str:
+  """One measured sentence: the no-BN model at its largest batch against its smallest, per contender."""
+  name = next(n for n, m in result["models"].items() if not m["batch_norm"])
+  batches = result["models"][name]["batches"]
+  small, large = batches[0], batches[-1]
+
+  def drop(c):
+    a, b = small["test_accuracy"][c]["mean"], large["test_accuracy"][c]["mean"]
+    return f"{100 * a:.1f}% → {100 * b:.1f}% ({100 * (b - a):+.1f} points)"
+
+  return (
+    f"{result['dataset']}, {name} (no BN), B = {small['batch_size']} → {large['batch_size']} at "
+    f"{result['settings']['num_epochs']} epochs ({small['steps']} → {large['steps']} steps): LARS "
+    f"{drop('lars')}, linear-scaled SGD {drop('sgd_linear')}, re-tuned SGD {drop('sgd_tuned')}."
+  )
 
 
-def _done(cells: Sequence[Cell], kind: str) -> list[Cell]:
-  return [c for c in cells if c.kind == kind and c.runs is not None]
-
-
-def _summary_entry(cell: Cell) -> str:
-  edge = " †" if cell.at_edge else ""
-  best = 100 * np.max(cell.test_accuracy)
-  return f"{_percent(cell.test_accuracy)} [{best:.1f}] (γ₀ {_lr(cell.chosen_learning_rate)}{edge})"
-
-
-def summary_table(cells: Sequence[Cell]) -> str:
-  """Batch sizes by (model, optimizer): test accuracy % mean ± std [best seed] (chosen γ_0)."""
-  sweep = _done(cells, SWEEP)
-  columns = list(dict.fromkeys((c.model, c.optimizer) for c in sweep))
-  batches = sorted({c.batch_size for c in sweep})
-  by_key = {(c.model, c.optimizer, c.batch_size): c for c in sweep}
-  lines = [
-    "| batch | steps/epoch | " + " | ".join(f"{m} {o}" for m, o in columns) + " |",
-    "|---:|---:|" + "---|" * len(columns),
-  ]
-  for batch in batches:
-    row = [by_key.get((m, o, batch)) for m, o in columns]
-    steps = next(c.steps_per_epoch for c in row if c is not None)
-    entries = [_summary_entry(c) if c is not None else "skipped" for c in row]
-    lines.append(f"| {batch} | {steps} | " + " | ".join(entries) + " |")
+def sweep_table(result: Mapping[str, Any]) -> str:
+  """Batch × (model, contender): test accuracy % mean ± std over seeds, and the γ_0 used."""
+  models = result["models"]
+  header = "| model | batch | steps | " + " | ".join(f"{c} % (γ₀)" for c in CONTENDERS) + " |"
+  lines = [header, "|---|---:|---:|" + "---|" * len(CONTENDERS)]
+  for name, model in models.items():
+    for b in model["batches"]:
+      cells = [f"{_pct(b['test_accuracy'][c])} ({_lr(b['test_accuracy'][c])})" for c in CONTENDERS]
+      lines.append(f"| {name} | {b['batch_size']} | {b['steps']} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
-def longer_table(cells: Sequence[Cell]) -> str:
-  """The train-longer runs beside the sweep's cell with the same model, optimizer and batch."""
-  sweep = {(c.model, c.optimizer, c.batch_size): c for c in _done(cells, SWEEP)}
-  lines = ["| model | optimizer | batch | epochs | test acc. % | γ₀ |", "|---|---|---:|---:|---|---|"]
-  for longer in _done(cells, LONGER):
-    for cell in (sweep.get((longer.model, longer.optimizer, longer.batch_size)), longer):
-      if cell is not None:
-        edge = " †" if cell.at_edge else ""
-        lines.append(
-          f"| {cell.model} | {cell.optimizer} | {cell.batch_size} | {cell.num_epochs} | "
-          f"{_percent(cell.test_accuracy)} | {_lr(cell.chosen_learning_rate)}{edge} |"
+def epochs_table(result: Mapping[str, Any]) -> str:
+  """Table 5 analogue: the largest batch of the no-BN model against the epoch budget."""
+  rows = result["epochs"]["rows"]
+  lines = ["| epochs | steps | sgd_tuned % (γ₀) | lars % (γ₀) |", "|---:|---:|---|---|"]
+  for row in rows:
+    cells = [
+      f"{_pct(row['test_accuracy'][c])} ({_lr(row['test_accuracy'][c])})" for c in ("sgd_tuned", "lars")
+    ]
+    lines.append(f"| {row['epochs']} | {row['steps']} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def grid_table(result: Mapping[str, Any]) -> str:
+  """Every tuning grid: seed 0's validation accuracy per γ_0, the choice and how often it was widened."""
+  lines = [
+    "| model | contender | batch | epochs | γ₀: validation % (seed 0) | chosen | widened |",
+    "|---|---|---:|---:|---|---:|---:|",
+  ]
+
+  def add(model, contender, batch, epochs, entry):
+    tuning = entry.get("tuning")
+    if not tuning:
+      return
+    grid = ", ".join(f"{lr:.3g}: {100 * v:.1f}" for lr, v in zip(tuning["grid"], tuning["val"], strict=True))
+    edge = " †" if tuning["at_edge"] else ""
+    lines.append(
+      f"| {model} | {contender} | {batch} | {epochs} | {grid} | {entry['lr']:.3g}{edge} "
+      f"| {tuning['widened']} |"
+    )
+
+  epochs = result["settings"]["num_epochs"]
+  for name, model in result["models"].items():
+    for b in model["batches"]:
+      for c in ("sgd_tuned", "lars"):
+        add(name, c, b["batch_size"], epochs, b["test_accuracy"][c])
+  for row in result["epochs"]["rows"]:
+    if row["epochs"] != epochs:
+      for c in ("sgd_tuned", "lars"):
+        add(
+          result["epochs"]["model"], c, result["epochs"]["batch_size"], row["epochs"], row["test_accuracy"][c]
         )
   return "\n".join(lines)
 
 
-def trust_ratio_table(cells: Sequence[Cell]) -> str:
-  """Per-layer λ (median over seeds, chosen γ_0) after the first and the last epoch, LARS-type cells."""
-  with_ratios = [c for c in _done(cells, SWEEP) if c.runs.trust_ratios]
-  if not with_ratios:
+def trust_ratio_table(result: Mapping[str, Any]) -> str:
+  """λ per adapted layer at the last step of seed 0's chosen LARS run, per (model, batch)."""
+  ratios = result["trust_ratios"]
+  if not ratios:
     return ""
-  lines = [
-    "| model | optimizer | batch | layer | λ after epoch 1 | λ after the last epoch |",
-    "|---|---|---:|---|---:|---:|",
-  ]
-  for cell in with_ratios:
-    for layer, ratios in cell.runs.trust_ratios.items():
-      at_choice = ratios[:, cell.choice]
-      first, last = np.median(at_choice[:, 0]), np.median(at_choice[:, -1])
-      lines.append(
-        f"| {cell.model} | {cell.optimizer} | {cell.batch_size} | {layer} | {first:.3g} | {last:.3g} |"
-      )
-  return "\n".join(lines)
-
-
-def detail_table(cells: Sequence[Cell]) -> str:
-  """Every cell: mean validation accuracy per γ_0, divergences, the choice and its test accuracy."""
-  lines = [
-    "| model | optimizer | batch | epochs | γ₀: mean val. acc. % (diverged seeds) | chosen γ₀ "
-    "| test acc. % | best seed % | time (s) |",
-    "|---|---|---:|---:|---|---:|---|---:|---:|",
-  ]
-  for cell in cells:
-    head = f"| {cell.model} | {cell.optimizer} | {cell.batch_size} | {cell.num_epochs} |"
-    if cell.runs is None:
-      lines.append(head + " skipped (wall-clock budget) | | | | |")
-      continue
-    val = 100 * cell.runs.val_accuracy.mean(axis=0)
-    grid = ", ".join(
-      f"{_lr(lr)}: {v:.1f}" + (f" ({d})" if d else "")
-      for lr, v, d in zip(cell.peak_learning_rates, val, cell.diverged, strict=True)
-    )
-    edge = " †" if cell.at_edge else ""
+  layers = list(dict.fromkeys(layer for r in ratios.values() for layer in r))
+  lines = ["| run | " + " | ".join(layers) + " |", "|---|" + "---:|" * len(layers)]
+  for run, r in ratios.items():
     lines.append(
-      f"{head} {grid} | {_lr(cell.chosen_learning_rate)}{edge} | {_percent(cell.test_accuracy)} | "
-      f"{100 * np.max(cell.test_accuracy):.1f} | {cell.runs.seconds:.0f} |"
+      f"| {run} | " + " | ".join(f"{r[layer]:.3g}" if layer in r else "" for layer in layers) + " |"
     )
   return "\n".join(lines)
 
 
-def markdown(title: str, setup: str, cells: Sequence[Cell]) -> str:
-  """The whole report of one data set."""
+def setup(result: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
+  s = result["settings"]
+  if result["dataset"] == "mnist1d":
+    validation = f"generated by mnist1d's make_dataset with seed {s['val_seed']}"
+  else:
+    validation = "carved from the training split"
+  return "\n".join(
+    [
+      f"- Data: {result['dataset']}: {result['num_train']:,} training, {result['num_val']:,} validation "
+      f"({validation}), "
+      f"{result['num_test']:,} test examples.",
+      f"- Budget: {s['num_epochs']} epochs for every batch of {s['batch_sizes']}; linear warm-up over "
+      f"{100 * s['warmup_fraction']:.0f}% of the steps, then poly(2) to 0; momentum 0.9, weight decay 5e-4 "
+      "(kernels), LARS η = 0.001.",
+      f"- Models: {', '.join(result['models'])} with {s['model_kwargs']}.",
+      f"- Tuning: seed 0 over a grid spaced by 2, widened at an edge up to {s['max_widenings']} times "
+      f"(`+k`: widened k times; `†`: still at an edge); then {s['num_seeds']} seeds at the choice.",
+      f"- Machine: {summary['machine']}; this data set {result['seconds'] / 60:.1f} min; "
+      f"whole command {summary['wall_minutes']:.1f} min.",
+      f"- Command: `{summary['command']}`",
+    ]
+  )
+
+
+def markdown(result: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
   parts = [
-    f"## {title}",
-    setup,
-    "### Test accuracy at the γ₀ chosen on validation",
-    "Mean ± std over seeds [best seed] (chosen peak LR γ₀). † marks a choice at an edge of the LR grid "
-    "(the grid may be too narrow there).",
-    summary_table(cells),
+    f"## Large-batch study: {result['dataset']}",
+    headline_sentence(result),
+    setup(result, summary),
+    "### Test accuracy (mean ± std over seeds) at γ₀ chosen on validation",
+    sweep_table(result),
+    f"### Epoch budget at B = {result['epochs']['batch_size']}, {result['epochs']['model']} "
+    "(Table 5 analogue)",
+    epochs_table(result),
+    "### Every tuning grid",
+    grid_table(result),
   ]
-  if _done(cells, LONGER):
-    parts += ["### Train longer at the largest batch (the paper's Table 5 analogue)", longer_table(cells)]
-  ratios = trust_ratio_table(cells)
+  ratios = trust_ratio_table(result)
   if ratios:
-    parts += ["### Per-layer trust ratios λ = η‖w‖/(‖g‖ + β‖w‖) of the chosen runs", ratios]
-  parts += ["### Every grid", detail_table(cells)]
+    parts += ["### LARS trust ratios λ at the last step (seed 0, chosen γ₀)", ratios]
   return "\n\n".join(parts) + "\n"
 
 
-def plot_accuracy_vs_batch(cells: Sequence[Cell], path: Path, title: str) -> None:
-  """One panel per model: test accuracy (mean ± std over seeds) against B, one line per optimizer."""
-  sweep = _done(cells, SWEEP)
-  models = list(dict.fromkeys(c.model for c in sweep))
-  fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False, sharey=True)
-  for ax, model in zip(axes[0], models, strict=True):
-    for optimizer in dict.fromkeys(c.optimizer for c in sweep if c.model == model):
-      line = sorted((c for c in sweep if (c.model, c.optimizer) == (model, optimizer)), key=_batch)
-      means = [100 * c.test_accuracy.mean() for c in line]
-      stds = [100 * c.test_accuracy.std() for c in line]
-      drawn = ax.errorbar([c.batch_size for c in line], means, stds, marker="o", capsize=3, label=optimizer)
-      for longer in _done(cells, LONGER):
-        if (longer.model, longer.optimizer) == (model, optimizer):
-          ax.errorbar(
-            longer.batch_size,
-            100 * longer.test_accuracy.mean(),
-            100 * longer.test_accuracy.std(),
-            marker="*",
-            markersize=12,
-            color=drawn[0].get_color(),
-            label=f"{optimizer}, {longer.num_epochs} epochs",
-          )
+def plot_accuracy_vs_batch(result: Mapping[str, Any], path: Path) -> None:
+  """One panel per model: test accuracy against B per contender; the step count labels each batch."""
+  models = result["models"]
+  fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.2), squeeze=False)
+  for ax, (name, model) in zip(axes[0], models.items(), strict=True):
+    sizes = [b["batch_size"] for b in model["batches"]]
+    for c, marker in zip(CONTENDERS, "sDo", strict=True):
+      means = [100 * b["test_accuracy"][c]["mean"] for b in model["batches"]]
+      stds = [100 * b["test_accuracy"][c]["std"] for b in model["batches"]]
+      ax.errorbar(sizes, means, stds, marker=marker, capsize=3, label=c)
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("global batch size B")
-    ax.set_title(model)
+    ax.set_xticks(sizes, [f"{b['batch_size']}\n{b['steps']} steps" for b in model["batches"]])
+    ax.minorticks_off()
+    ax.set_xlabel(f"global batch B ({result['settings']['num_epochs']} epochs each)")
+    ax.set_title(name)
     ax.grid(alpha=0.3)
     ax.legend()
-  axes[0][0].set_ylabel("test accuracy % (LR chosen on validation)")
-  fig.suptitle(title)
+  axes[0][0].set_ylabel("test accuracy % (γ₀ chosen on validation)")
+  fig.suptitle(f"{result['dataset']}: accuracy against batch at a fixed epoch budget")
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  fig.savefig(path, dpi=100)
   plt.close(fig)
 
 
-def plot_accuracy_vs_lr(cells: Sequence[Cell], path: Path, title: str) -> None:
-  """One panel per (model, optimizer): validation accuracy against γ_0, one line per batch size."""
-  sweep = _done(cells, SWEEP)
-  keys = list(dict.fromkeys((c.model, c.optimizer) for c in sweep))
-  columns = len({optimizer for _, optimizer in keys})
-  rows = math.ceil(len(keys) / columns)
-  fig, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3.6 * rows), squeeze=False)
-  for ax, (model, optimizer) in zip(axes.flat, keys, strict=False):
-    for cell in sorted((c for c in sweep if (c.model, c.optimizer) == (model, optimizer)), key=_batch):
-      val = 100 * cell.runs.val_accuracy
-      ax.errorbar(
-        cell.peak_learning_rates, val.mean(0), val.std(0), marker="o", capsize=3, label=f"B={cell.batch_size}"
-      )
-    ax.set_xscale("log")
-    ax.set_xlabel("peak learning rate γ₀")
-    ax.set_ylabel("validation accuracy %")
-    ax.set_title(f"{model}, {optimizer}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-  for ax in list(axes.flat)[len(keys) :]:
-    ax.set_visible(False)
-  fig.suptitle(title)
+def plot_epochs(result: Mapping[str, Any], path: Path) -> None:
+  """Table 5 analogue: test accuracy at the largest batch against the epoch budget."""
+  rows = result["epochs"]["rows"]
+  fig, ax = plt.subplots(figsize=(5.5, 4.2))
+  for c, marker in (("sgd_tuned", "D"), ("lars", "o")):
+    ax.errorbar(
+      [r["epochs"] for r in rows],
+      [100 * r["test_accuracy"][c]["mean"] for r in rows],
+      [100 * r["test_accuracy"][c]["std"] for r in rows],
+      marker=marker,
+      capsize=3,
+      label=c,
+    )
+  ax.set_xscale("log", base=2)
+  ax.set_xticks([r["epochs"] for r in rows], [f"{r['epochs']}\n{r['steps']} steps" for r in rows])
+  ax.minorticks_off()
+  ax.set_xlabel("epoch budget")
+  ax.set_ylabel("test accuracy %")
+  ax.set_title(f"{result['dataset']}, {result['epochs']['model']}, B = {result['epochs']['batch_size']}")
+  ax.grid(alpha=0.3)
+  ax.legend()
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  fig.savefig(path, dpi=100)
   plt.close(fig)
-
-
-def _batch(cell: Cell) -> int:
-  return cell.batch_size
 
 
 def write(
-  output_dir: Path, name: str, title: str, setup: str, cells: Sequence[Cell], metadata: dict[str, Any]
+  output_dir: Path, name: str, result: Mapping[str, Any], summary: Mapping[str, Any]
 ) -> dict[str, Path]:
-  """Writes ``<name>.md``, ``<name>.json`` and the two plots to ``output_dir``; returns their paths."""
-  output_dir.mkdir(parents=True, exist_ok=True)
+  """Writes ``<name>.json`` (first, so a failing plot loses nothing), ``<name>.md`` and two plots."""
   paths = {
-    "markdown": output_dir / f"{name}.md",
-    "json": output_dir / f"{name}.json",
-    "accuracy_vs_batch": output_dir / f"{name}_accuracy_vs_batch.png",
-    "accuracy_vs_lr": output_dir / f"{name}_accuracy_vs_lr.png",
+    f"{result['dataset']}_json": output_dir / f"{name}.json",
+    f"{result['dataset']}_markdown": output_dir / f"{name}.md",
+    f"{result['dataset']}_accuracy_vs_batch": output_dir / f"{name}_accuracy_vs_batch.png",
+    f"{result['dataset']}_epochs": output_dir / f"{name}_epochs.png",
   }
-  paths["markdown"].write_text(markdown(title, setup, cells))
-  record = metadata | {"cells": [c.to_json() for c in cells]}
-  paths["json"].write_text(json.dumps(record, indent=1) + "\n")
-  if _done(cells, SWEEP):
-    plot_accuracy_vs_batch(cells, paths["accuracy_vs_batch"], title)
-    plot_accuracy_vs_lr(cells, paths["accuracy_vs_lr"], title)
+  paths[f"{result['dataset']}_json"].write_text(
+    json.dumps(dict(result) | {"summary": dict(summary)}, indent=1) + "\n"
+  )
+  paths[f"{result['dataset']}_markdown"].write_text(markdown(result, summary))
+  plot_accuracy_vs_batch(result, paths[f"{result['dataset']}_accuracy_vs_batch"])
+  plot_epochs(result, paths[f"{result['dataset']}_epochs"])
   return paths
+
+
+if __name__ == "__main__":
+  for argument in sys.argv[1:]:
+    source = Path(argument)
+    record = json.loads(source.read_text())
+    write(source.parent, source.stem, record, record["summary"])

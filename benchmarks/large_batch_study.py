@@ -9,19 +9,27 @@ from 0 and poly(2) decay to 0 at the end of the budget:
 - ``sgd_linear``: momentum SGD with the linear scaling rule, γ_0(B) = γ_base · B / B_min, γ_base tuned at
   B_min (the paper's baseline, after Goyal et al. 2017);
 - ``sgd_tuned``: momentum SGD with γ_0 re-tuned at every batch (the counterpoint of Nado et al. 2021);
-- ``lars``: ``lars_optax.lars`` with the paper's hyperparameters (η = 0.001, β = 5e-4, m = 0.9; biases
-  and batch-norm parameters excluded), γ_0 tuned at every batch.
+- ``lars``: ``lars_optax.lars`` with the paper's hyperparameters (η = 0.001, β = 5e-4, m = 0.9), every
+  layer's weights and biases adapted as in the paper's Algorithm 1 (``mask=lars_optax.every_leaf_mask``),
+  γ_0 tuned at every batch.
+
+The library's default mask instead steps biases and batch-norm parameters by plain momentum SGD at γ_t; at
+LARS-sized γ_0 that wrecks a network without batch norm. The study measures it as an ablation,
+``lars_rank_mask``: the no-BN model at the smallest and the largest batch, tuned on the same grid as ``lars``
+(reported in the tables, not in the summary).
 
 Tuning: a grid of peak learning rates spaced by 2 is trained with seed 0 and the value with the best
 validation accuracy is chosen; while it sits at an edge of the grid, the grid is widened by one value
-beyond that edge (at most ``max_widenings`` times, reported). Seeds 1 and 2 are then trained at the
+beyond that edge (at most ``max_widenings`` times, reported). When no value of the grid trains (validation
+accuracy at most twice chance), the grid is widened downwards: a learning rate too large to train is the
+usual cause, and an argmax among chance-level ties means nothing. Seeds 1 and 2 are then trained at the
 chosen value, and the test accuracy is reported as mean ± std over the 3 seeds. At B_min, ``sgd_linear``
 and ``sgd_tuned`` are one and the same tuned run; at every other batch ``sgd_linear``'s γ_0 is a point of
 ``sgd_tuned``'s grid (its top value), so the grids share runs. The paper's Table 5 analogue: at the
 largest batch, the no-BN model is trained again with ``lars`` and ``sgd_tuned`` for other epoch budgets,
 γ_0 re-tuned for each.
 
-Run from the repository root (the committed results; about 15 minutes on 2 idle CPU cores):
+Run from the repository root (the committed results; 19.5 minutes on 2 CPU cores):
 
   python -m benchmarks.large_batch_study
   python -m benchmarks.large_batch_study --quick     # under 2 minutes: the tests' and notebook's settings
@@ -68,7 +76,19 @@ from models import ConvLayer, get_model
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT_DIR = REPO_ROOT / "benchmarks" / "results"
 CONTENDERS = ("sgd_linear", "sgd_tuned", "lars")
-_ENGINE_OPTIMIZER = MappingProxyType({"sgd_linear": "sgd", "sgd_tuned": "sgd", "lars": "lars"})
+ABLATION = "lars_rank_mask"
+# Engine recipe (a name of `RECIPES`, the key of a run) of each contender.
+_RECIPE = MappingProxyType(
+  {"sgd_linear": "sgd", "sgd_tuned": "sgd", "lars": "lars", ABLATION: "lars_rank_mask"}
+)
+# recipe -> (optimizer of `training.optimizers.OPTIMIZERS`, its hyperparameters).
+RECIPES: Mapping[str, tuple[str, study_engine.OptimizerHparams]] = MappingProxyType(
+  {
+    "sgd": ("sgd", study_engine.OptimizerHparams()),
+    "lars": ("lars", study_engine.OptimizerHparams(lars_mask="every_leaf")),
+    "lars_rank_mask": ("lars", study_engine.OptimizerHparams(lars_mask="rank")),
+  }
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,7 +261,8 @@ class Study:
       return
     key = (model, optimizer, batch)
     if key not in self._trainers:
-      make = study_engine.OptimizerHparams().factory(optimizer)
+      name, hparams = RECIPES[optimizer]
+      make = hparams.factory(name)
       self._trainers[key] = study_engine.GridTrainer(
         self._models[model], make, self.split, batch, self._runs_per_call
       )
@@ -269,16 +290,20 @@ class Study:
     return self.points[(model, optimizer, batch, epochs, seed, lr)]
 
   def tune(self, model: str, optimizer: str, batch: int, epochs: int, grid: Sequence[float]) -> dict:
-    """Chooses γ_0 on seed 0's validation accuracy, widening the grid until the choice is interior."""
+    """Chooses γ_0 on seed 0's validation accuracy, widening the grid until the choice is interior.
+
+    A grid none of whose values trains (validation accuracy ≤ twice chance) is widened downwards.
+    """
     grid, widened = sorted(set(grid)), 0
+    trains = 2 / self.split.num_classes
     while True:
       self.train(model, optimizer, batch, epochs, [0], grid)
       val = [self.point(model, optimizer, batch, epochs, 0, lr).val_accuracy for lr in grid]
       choice = int(np.argmax(val))  # ties: the smaller learning rate.
-      interior = 0 < choice < len(grid) - 1
+      interior = 0 < choice < len(grid) - 1 and max(val) > trains
       if interior or widened >= self.settings.max_widenings:
         break
-      grid = [grid[0] / 2, *grid] if choice == 0 else [*grid, grid[-1] * 2]
+      grid = [grid[0] / 2, *grid] if choice == 0 or max(val) <= trains else [*grid, grid[-1] * 2]
       widened += 1
     return dict(grid=grid, val=val, lr=grid[choice], widened=widened, at_edge=not interior)
 
@@ -299,7 +324,7 @@ class Study:
 
 
 def _contender(study: Study, model: str, contender: str, batch: int, epochs: int, grid) -> dict:
-  optimizer = _ENGINE_OPTIMIZER[contender]
+  optimizer = _RECIPE[contender]
   tuning = study.tune(model, optimizer, batch, epochs, grid)
   return study.seeds_at(model, optimizer, batch, epochs, tuning["lr"]) | {"tuning": tuning}
 
@@ -330,6 +355,18 @@ def run_model(study: Study, model: str) -> dict:
   return dict(batch_norm=model.endswith("_bn"), batches=batches)
 
 
+def run_mask_ablation(study: Study, model: str, sweep: dict) -> dict:
+  """``lars`` with the library's default mask, at the smallest and largest batch, on ``lars``'s grids."""
+  rows = []
+  for entry in (sweep["batches"][0], sweep["batches"][-1]):
+    lars = entry["test_accuracy"]["lars"]
+    ablation = _contender(
+      study, model, ABLATION, entry["batch_size"], study.settings.num_epochs, lars["tuning"]["grid"]
+    )
+    rows.append(dict(batch_size=entry["batch_size"], steps=entry["steps"], lars=lars, **{ABLATION: ablation}))
+  return dict(model=model, batches=rows)
+
+
 def run_epochs(study: Study, model: str, sweep: dict) -> list[dict]:
   """Table 5 analogue: the largest batch of the no-BN model for every epoch budget, γ_0 re-tuned."""
   s = study.settings
@@ -354,6 +391,7 @@ def run_dataset(settings: StudySettings, runs_per_call: int | None = None, log=p
   models = {model: run_model(study, model) for model in settings.models}
   no_bn = settings.models[0]
   epochs = run_epochs(study, no_bn, models[no_bn])
+  ablation = run_mask_ablation(study, no_bn, models[no_bn])
   lars_layers = {
     f"{m} B={b}": p.trust_ratio
     for (m, o, b, e, seed, lr), p in study.points.items()
@@ -370,6 +408,7 @@ def run_dataset(settings: StudySettings, runs_per_call: int | None = None, log=p
     num_test=len(study.split.test_labels),
     models=models,
     epochs=dict(model=no_bn, batch_size=max(settings.batch_sizes), rows=epochs),
+    mask_ablation=ablation,
     trust_ratios=lars_layers,
     points=[
       dict(zip(("model", "optimizer", "batch_size", "epochs", "seed", "lr"), k, strict=True))

@@ -161,12 +161,14 @@ class OptimizerHparams:
     weight_decay: β, applied by the optimizer to kernels only (rank mask), never in the loss.
     trust_coefficient: η of LARS and LARC.
     eps: ε of the trust ratio.
+    lars_mask: the leaves the LARS optimizers adapt, a name in `training.optimizers.LARS_MASKS`.
   """
 
   momentum: float = 0.9
   weight_decay: float = 5e-4
   trust_coefficient: float = 0.001
   eps: float = 0.0
+  lars_mask: str = "rank"
 
   def factory(self, optimizer: str) -> Callable[[Any], optax.GradientTransformation]:
     """``learning_rate -> tx`` for ``optimizer``, a name in `training.optimizers.OPTIMIZERS`."""
@@ -178,6 +180,7 @@ class OptimizerHparams:
         "weight_decay": self.weight_decay,
         "trust_coefficient": self.trust_coefficient,
         "lars_eps": self.eps,
+        "lars_mask": self.lars_mask,
         "nesterov": False,
       }
     )

@@ -17,6 +17,7 @@ matplotlib.use("Agg")  # files only: no display needed.
 import matplotlib.pyplot as plt
 
 CONTENDERS = ("sgd_linear", "sgd_tuned", "lars")
+ABLATION = "lars_rank_mask"  # lars with the library's default mask (biases, batch norm: plain SGD).
 
 
 def _pct(entry: Mapping[str, Any]) -> str:
@@ -57,6 +58,30 @@ def sweep_table(result: Mapping[str, Any]) -> str:
     for b in model["batches"]:
       cells = [f"{_pct(b['test_accuracy'][c])} ({_lr(b['test_accuracy'][c])})" for c in CONTENDERS]
       lines.append(f"| {name} | {b['batch_size']} | {b['steps']} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def ablation_sentence(result: Mapping[str, Any]) -> str:
+  """The mask ablation in one sentence: every leaf adapted against the default mask, per batch."""
+  ablation = result["mask_ablation"]
+  cells = [
+    f"B = {b['batch_size']}: {100 * b['lars']['mean']:.1f}% against {100 * b[ABLATION]['mean']:.1f}%"
+    for b in ablation["batches"]
+  ]
+  return (
+    f"{ablation['model']} with LARS adapting every layer's weights and biases (the paper's Algorithm 1, "
+    f"`lars`) against LARS with the library's default mask (biases at plain SGD, `{ABLATION}`): "
+    + "; ".join(cells)
+    + "."
+  )
+
+
+def ablation_table(result: Mapping[str, Any]) -> str:
+  """The no-BN model at the smallest and largest batch: ``lars`` against ``lars_rank_mask``."""
+  lines = [f"| batch | steps | lars % (γ₀) | {ABLATION} % (γ₀) |", "|---:|---:|---|---|"]
+  for b in result["mask_ablation"]["batches"]:
+    cells = [f"{_pct(b[c])} ({_lr(b[c])})" for c in ("lars", ABLATION)]
+    lines.append(f"| {b['batch_size']} | {b['steps']} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
@@ -101,6 +126,8 @@ def grid_table(result: Mapping[str, Any]) -> str:
         add(
           result["epochs"]["model"], c, result["epochs"]["batch_size"], row["epochs"], row["test_accuracy"][c]
         )
+  for b in result["mask_ablation"]["batches"]:
+    add(result["mask_ablation"]["model"], ABLATION, b["batch_size"], epochs, b[ABLATION])
   return "\n".join(lines)
 
 
@@ -131,7 +158,8 @@ def setup(result: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
       f"{result['num_test']:,} test examples.",
       f"- Budget: {s['num_epochs']} epochs for every batch of {s['batch_sizes']}; linear warm-up over "
       f"{100 * s['warmup_fraction']:.0f}% of the steps, then poly(2) to 0; momentum 0.9, weight decay 5e-4 "
-      "(kernels), LARS η = 0.001.",
+      "(SGD: kernels only; LARS: every leaf), LARS η = 0.001 with every layer's weights and biases "
+      "adapted (`lars_optax.every_leaf_mask`).",
       f"- Models: {', '.join(result['models'])} with {s['model_kwargs']}.",
       f"- Tuning: seed 0 over a grid spaced by 2, widened at an edge up to {s['max_widenings']} times "
       f"(`+k`: widened k times; `†`: still at an edge); then {s['num_seeds']} seeds at the choice.",
@@ -152,6 +180,9 @@ def markdown(result: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
     f"### Epoch budget at B = {result['epochs']['batch_size']}, {result['epochs']['model']} "
     "(Table 5 analogue)",
     epochs_table(result),
+    "### The mask: LARS on every layer against the library's default mask (no-BN model)",
+    ablation_sentence(result),
+    ablation_table(result),
     "### Every tuning grid",
     grid_table(result),
   ]
@@ -171,6 +202,18 @@ def plot_accuracy_vs_batch(result: Mapping[str, Any], path: Path) -> None:
       means = [100 * b["test_accuracy"][c]["mean"] for b in model["batches"]]
       stds = [100 * b["test_accuracy"][c]["std"] for b in model["batches"]]
       ax.errorbar(sizes, means, stds, marker=marker, capsize=3, label=c)
+    if name == result["mask_ablation"]["model"]:
+      rows = result["mask_ablation"]["batches"]
+      ax.errorbar(
+        [b["batch_size"] for b in rows],
+        [100 * b[ABLATION]["mean"] for b in rows],
+        [100 * b[ABLATION]["std"] for b in rows],
+        marker="x",
+        linestyle=":",
+        color="grey",
+        capsize=3,
+        label=f"{ABLATION} (default mask)",
+      )
     ax.set_xscale("log", base=2)
     ax.set_xticks(sizes, [f"{b['batch_size']}\n{b['steps']} steps" for b in model["batches"]])
     ax.minorticks_off()

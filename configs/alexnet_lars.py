@@ -10,6 +10,9 @@ Time:      AlexNet is cheap per image; 100 epochs are about a day on 8 V100s (no
 Expected:  ImageNet top-1 after 100 epochs (paper, γ_0 in brackets, 2 warm-up epochs):
            512: 58.7 (2) | 4K: 58.5 (10) | 8K: 58.2 (10) | 16K: 55.0 (14) | 32K: 46.9 (14).
 Other batch sizes need --config.learning_rate (the paper tabulates no γ_0 for them).
+Mask:      every layer's weights and biases are adapted (lars_mask "every_leaf", the paper's Algorithm 1 on
+           every layer): without batch norm, biases stepped by plain SGD at γ_0 = 10 wreck training (README
+           "Results at small scale").
 """
 
 import ml_collections
@@ -27,4 +30,5 @@ def get_config(batch_size: str = "8192") -> ml_collections.ConfigDict:
   config.crop_padding = defaults.ALEXNET_CROP_PADDING  # Evaluation: centre 227 of 256.
   config.learning_rate = placeholder(float)  # From the recipe's table unless given.
   config.warmup_epochs = placeholder(float)
+  config.lars_mask = "every_leaf"  # No batch norm: each bias gets its own trust ratio.
   return config

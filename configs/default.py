@@ -63,6 +63,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.weight_decay = 5e-4  # β, applied by the optimizer only (never in the loss).
   config.trust_coefficient = 0.001  # η.
   config.lars_eps = 0.0  # ε in the trust ratio's denominator.
+  config.lars_mask = "rank"  # Leaves LARS adapts: "rank" (kernels; biases, BN: plain SGD) or "every_leaf".
   config.label_smoothing = 0.0  # Of the cross-entropy targets, in [0, 1).
   config.skip_nonfinite_steps = False  # Skip (and count) non-finite steps; False: such a step stops the run.
   config.max_consecutive_skips = 10  # With skipping, more non-finite steps than this in a row stop the run.

@@ -6,7 +6,7 @@ options, bias/batch-norm masking by default, float32 norms under bf16, and per-l
 
 from lars_optax._diagnostics import find_diagnostics, flatten_diagnostics, get_diagnostics
 from lars_optax._lars import LarsState, lars
-from lars_optax._masks import exclude_names, mask_table, print_mask_table, rank_mask
+from lars_optax._masks import every_leaf_mask, exclude_names, mask_table, print_mask_table, rank_mask
 from lars_optax._schedules import (
   MLPerfHparams,
   epochs_to_steps,
@@ -27,6 +27,7 @@ __all__ = [
   "ScaleByTrustRatioState",
   "TrustRatioDiagnostics",
   "epochs_to_steps",
+  "every_leaf_mask",
   "exclude_names",
   "find_diagnostics",
   "flatten_diagnostics",

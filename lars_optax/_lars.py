@@ -52,7 +52,10 @@ def lars(
 
   Excluded leaves (``mask`` False; by default every leaf whose per-layer rank is ≤ 1: biases, batch-norm
   scale and offset) get plain momentum SGD with no weight decay and no trust ratio, at the global LR times
-  ``excluded_lr_scale`` = s: v_t = m v_{t-1} + s γ_t g.
+  ``excluded_lr_scale`` = s: v_t = m v_{t-1} + s γ_t g. That suits batch-norm networks (MLPerf's
+  ResNet-50). Without batch norm, a bias stepped by plain SGD at a LARS-sized γ_0 (≥ 1) can wreck training;
+  there pass ``mask=lars_optax.every_leaf_mask`` (every layer's weights and biases adapted, as the paper's
+  Algorithm 1 reads) or a small ``excluded_lr_scale``.
 
   Variants (options; the defaults give the paper):
 

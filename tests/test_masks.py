@@ -95,6 +95,38 @@ def test_rank_mask_excludes_rank_one_and_scalars():
   }
 
 
+def test_every_leaf_mask_adapts_every_leaf():
+  params = _shapes({**LINEN_SHAPES, "temperature": ()})
+  assert lars_optax.every_leaf_mask(params) == {
+    "BatchNorm_0": {"bias": True, "scale": True},
+    "Conv_0": {"bias": True, "kernel": True},
+    "Dense_0": {"bias": True, "kernel": True},
+    "temperature": True,
+  }
+
+
+def test_every_leaf_mask_gives_a_bias_its_own_trust_ratio_and_weight_decay():
+  """One LARS step on a bias with the mask, against the paper's formula in NumPy (not the library)."""
+  rng = np.random.default_rng(0)
+  b, kernel = rng.normal(size=5).astype(np.float32), rng.normal(size=(5, 3)).astype(np.float32)
+  g = rng.normal(size=5).astype(np.float32)
+  lr, eta, beta = 2.0, 1e-3, 5e-4
+  params, grads = (
+    {"bias": jnp.asarray(b), "kernel": jnp.asarray(kernel)},
+    {"bias": jnp.asarray(g), "kernel": jnp.ones((5, 3))},
+  )
+  for mask, expected in [
+    (
+      lars_optax.every_leaf_mask,
+      lr * eta * np.linalg.norm(b) / (np.linalg.norm(g) + beta * np.linalg.norm(b)) * (g + beta * b),
+    ),
+    (None, lr * g),  # the default: plain SGD at the global rate, no weight decay
+  ]:
+    opt = lars_optax.lars(lr, weight_decay=beta, trust_coefficient=eta, mask=mask)
+    updates, _ = opt.update(grads, opt.init(params), params)
+    np.testing.assert_allclose(np.asarray(updates["bias"]), -expected, rtol=1e-5)
+
+
 def test_rank_mask_works_on_concrete_arrays_and_returns_python_bools():
   params = {"kernel": np.ones((2, 3)), "bias": jnp.zeros(3)}
   mask = lars_optax.rank_mask(params)

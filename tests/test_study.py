@@ -10,7 +10,9 @@ rate where LARS converges.
 """
 
 import copy
+import dataclasses
 import json
+import types
 from pathlib import Path
 
 import flax.linen as nn
@@ -97,7 +99,13 @@ def test_quick_study_chooses_on_seed_0_validation_and_widens_at_edges(quick_run)
         row["epochs"],
       )
       tunings.append((key, row["test_accuracy"][contender]))
-  assert len(tunings) == 2 * 2 * 2 + 2 * len(record["epochs"]["rows"])
+  ablation = record["mask_ablation"]
+  for batch in ablation["batches"]:
+    key = (ablation["model"], "lars_rank_mask", batch["batch_size"], epochs)
+    tunings.append((key, batch["lars_rank_mask"]))
+    assert set(batch["lars"]["tuning"]["grid"]) <= set(batch["lars_rank_mask"]["tuning"]["grid"])
+  assert len(tunings) == 2 * 2 * 2 + 2 * len(record["epochs"]["rows"]) + 2
+  trains = 2 / 10  # digits: validation accuracy above twice chance.
   for key, entry in tunings:
     tuning = entry["tuning"]
     grid = tuning["grid"]
@@ -106,11 +114,53 @@ def test_quick_study_chooses_on_seed_0_validation_and_widens_at_edges(quick_run)
     assert tuning["val"] == val
     choice = int(np.argmax(val))
     assert entry["lr"] == grid[choice]
-    interior = 0 < choice < len(grid) - 1
+    interior = 0 < choice < len(grid) - 1 and max(val) > trains
     assert tuning["at_edge"] == (not interior)
     assert tuning["widened"] <= record["settings"]["max_widenings"]
     if not interior:
       assert tuning["widened"] == record["settings"]["max_widenings"]
+
+
+def _tune_on(val_of_lr, grid, max_widenings=4):
+  """`Study.tune` on a made-up validation curve (no training)."""
+  study = large_batch_study.Study.__new__(large_batch_study.Study)
+  study.settings = dataclasses.replace(large_batch_study.settings_for("digits"), max_widenings=max_widenings)
+  study.split = types.SimpleNamespace(num_classes=10)
+  study.points, trained = {}, []
+
+  def train(model, optimizer, batch, epochs, seeds, learning_rates):
+    for lr in learning_rates:
+      if (model, optimizer, batch, epochs, 0, lr) in study.points:
+        continue
+      trained.append(lr)
+      study.points[(model, optimizer, batch, epochs, 0, lr)] = types.SimpleNamespace(
+        val_accuracy=val_of_lr(lr)
+      )
+
+  study.train = train
+  return study.tune("m", "lars", 64, 10, grid), trained
+
+
+def test_tune_keeps_an_interior_choice_and_widens_at_an_edge():
+  tuning, _ = _tune_on(lambda lr: {1: 0.5, 2: 0.9, 4: 0.8, 8: 0.3}[lr], [1, 2, 4, 8])
+  assert (tuning["lr"], tuning["widened"], tuning["at_edge"]) == (2, 0, False)
+  tuning, _ = _tune_on(lambda lr: 0.9 - 0.01 * abs(np.log2(lr / 32)), [1, 2, 4, 8])  # best at 32
+  assert (tuning["lr"], tuning["grid"], tuning["widened"], tuning["at_edge"]) == (
+    32,
+    [1, 2, 4, 8, 16, 32, 64],
+    3,
+    False,
+  )
+
+
+def test_tune_widens_downwards_when_nothing_trains():
+  # Chance-level ties everywhere above 0.5, the highest one at the top edge: an argmax there means nothing.
+  curve = {0.125: 0.8, 0.25: 0.9, 0.5: 0.1, 1: 0.1, 2: 0.11, 4: 0.1, 8: 0.12}
+  tuning, trained = _tune_on(curve.__getitem__, [1, 2, 4, 8])
+  assert trained == [1, 2, 4, 8, 0.5, 0.25, 0.125]
+  assert (tuning["lr"], tuning["widened"], tuning["at_edge"]) == (0.25, 3, False)
+  tuning, _ = _tune_on(lambda lr: 0.1, [1, 2, 4, 8], max_widenings=2)  # never trains: reported at an edge
+  assert (tuning["grid"], tuning["at_edge"]) == ([0.25, 0.5, 1, 2, 4, 8], True)
 
 
 @pytest.mark.timeout(400)
@@ -405,3 +455,21 @@ def test_momentum_sgd_diverges_where_lars_converges(learning_rate):
 def test_momentum_sgd_converges_at_a_small_learning_rate():
   params, loss = _two_layer_problem()
   assert _train(optax.sgd(0.01, momentum=0.9), params, loss) < 1e-6 * float(loss(params))
+
+
+@pytest.mark.parametrize("recipe, bias_adapted", [("lars", True), ("lars_rank_mask", False)])
+def test_lars_contender_adapts_biases_and_the_ablation_steps_them_by_sgd(recipe, bias_adapted):
+  """The study's `lars` is Algorithm 1 on every leaf; its ablation keeps the library's default mask."""
+  rng = np.random.default_rng(3)
+  b, g = rng.normal(size=6).astype(np.float32), rng.normal(size=6).astype(np.float32)
+  params = {"bias": jnp.asarray(b), "kernel": jnp.ones((6, 2))}
+  grads = {"bias": jnp.asarray(g), "kernel": jnp.ones((6, 2))}
+  optimizer, hparams = large_batch_study.RECIPES[recipe]
+  tx = hparams.factory(optimizer)(2.0)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  if bias_adapted:
+    lam = ETA * np.linalg.norm(b) / (np.linalg.norm(g) + BETA * np.linalg.norm(b))
+    expected = 2.0 * lam * (g + BETA * b)
+  else:
+    expected = 2.0 * g
+  np.testing.assert_allclose(np.asarray(updates["bias"]), -expected, rtol=1e-5)

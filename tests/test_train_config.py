@@ -14,7 +14,7 @@ import input_pipeline
 import lars_optax
 import models
 from configs import default
-from training import loop, metrics_log, optimizers, plan, recipes, report
+from training import config_checks, loop, metrics_log, optimizers, plan, recipes, report
 from training.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -61,6 +61,31 @@ def test_paper_recipes_take_gamma0_and_warmup_from_the_table(
     assert config.warmup_epochs == warmup_epochs
     assert config.weight_decay == 5e-4 and config.momentum == 0.9 and config.num_epochs == 100
   assert recipe.expected_top1 == top1
+
+
+@pytest.mark.parametrize(
+  ("name", "lars_mask"),
+  [("alexnet_lars", "every_leaf"), ("alexnet_bn_lars", "rank"), ("resnet50_lars", "rank")],
+)
+def test_lars_recipes_adapt_biases_only_without_batch_norm(name, lars_mask):
+  """No BN: biases need their own trust ratio at γ_0 ≈ 10; with BN, MLPerf's exclusion is kept."""
+  config, _ = recipes.apply_recipe(_load(name))
+  assert config.lars_mask == lars_mask
+  params = {"conv": {"kernel": np.ones((3, 3, 2, 4), np.float32), "bias": np.ones(4, np.float32)}}
+  state = optimizers.create_optimizer(config, 1.0).init(params)
+  grads = jax.tree.map(np.ones_like, params)
+  updates, _ = optimizers.create_optimizer(config, 1.0).update(grads, state, params)
+  plain_sgd = np.allclose(np.asarray(updates["conv"]["bias"]), -1.0)
+  assert plain_sgd == (lars_mask == "rank")
+
+
+def test_lars_mask_must_be_a_known_name():
+  config, _ = recipes.apply_recipe(_load("default"))
+  config.lars_mask = "every_leaves"
+  with pytest.raises(
+    ConfigError, match=r"config.lars_mask must be one of \['every_leaf', 'rank'\].*every_leaf"
+  ):
+    config_checks.validate_config(config, num_devices=1)
 
 
 def test_paper_recipe_refuses_an_untabulated_batch_unless_given_a_learning_rate():
@@ -111,6 +136,9 @@ def test_plan_derives_batches_steps_and_learning_rate():
   assert run.eval_every_steps == 5 and run.peak_learning_rate == config.learning_rate
   start = report.start_block(config, run, "/tmp/run")
   assert "8 devices x 4 micro-batches x 8 per device" in start and "workdir:       /tmp/run" in start
+  assert "lars, momentum 0.9, weight decay 0.0005, rank mask" in start
+  config.optimizer = "sgd"
+  assert "sgd, momentum 0.9, weight decay 0.0005\n" in report.start_block(config, run, "/tmp/run")
 
 
 @pytest.mark.parametrize(

@@ -79,6 +79,7 @@ _NAMES = (
   ("model", models.MODELS),
   ("optimizer", optimizers.OPTIMIZERS),
   ("lr_scaling", optimizers.LR_SCALING),
+  ("lars_mask", optimizers.LARS_MASKS),
   ("parallelism", steps.PARALLELISM),
 )
 

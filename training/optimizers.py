@@ -4,14 +4,18 @@ Weight decay lives in the optimizer only, never in the loss: LARS feeds β‖w�
 (the paper's Algorithm 1; README "The algorithm and its variants"), so a decay term hidden in the loss
 would be counted twice and bypass the mask.
 
-Every optimizer here excludes the same leaves from weight decay and trust ratio: those of rank ≤ 1
-(biases, batch-norm scales and offsets), the default mask of `lars_optax.lars`. The momentum-SGD
+By default every optimizer here excludes the same leaves from weight decay and trust ratio: those of
+rank ≤ 1 (biases, batch-norm scales and offsets), the default mask of `lars_optax.lars`. The momentum-SGD
 baseline and ``optax.lars`` are given that mask explicitly, so that a comparison changes one thing.
+``config.lars_mask = "every_leaf"`` makes the LARS optimizers adapt every leaf instead (the paper's
+Algorithm 1 on every layer, biases included), which networks without batch norm need at LARS-sized γ_0;
+momentum SGD keeps its weight decay on the kernels.
 """
 
 import functools
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
+from typing import Any
 
 import ml_collections
 import optax
@@ -19,6 +23,12 @@ import optax
 import lars_optax
 
 OptimizerFactory = Callable[[ml_collections.ConfigDict, optax.Schedule], optax.GradientTransformation]
+
+# `lars_mask`: the leaves the LARS optimizers adapt (weight decay and trust ratio); the others get plain
+# momentum SGD (lars, larc) or neither (optax_lars).
+LARS_MASKS: Mapping[str, Callable[[Any], Any]] = MappingProxyType(
+  {"rank": lars_optax.rank_mask, "every_leaf": lars_optax.every_leaf_mask}
+)
 
 
 def _lars(
@@ -35,6 +45,7 @@ def _lars(
     trust_coefficient=config.trust_coefficient,
     eps=config.lars_eps,
     nesterov=config.nesterov,
+    mask=LARS_MASKS[config.lars_mask],
     trust_clip=trust_clip,
   )
 
@@ -48,14 +59,15 @@ def _sgd(config: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.G
 
 
 def _optax_lars(config: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
-  """``optax.lars`` (trust ratio on ‖g + β·w‖, LR outside the trust ratio), with our rank mask."""
+  """``optax.lars`` (trust ratio on ‖g + β·w‖, LR outside the trust ratio), with the `lars_mask`."""
+  mask = LARS_MASKS[config.lars_mask]
   return optax.lars(
     schedule,
     weight_decay=config.weight_decay,
-    weight_decay_mask=lars_optax.rank_mask,
+    weight_decay_mask=mask,
     trust_coefficient=config.trust_coefficient,
     eps=config.lars_eps,
-    trust_ratio_mask=lars_optax.rank_mask,
+    trust_ratio_mask=mask,
     momentum=config.momentum,
     nesterov=config.nesterov,
   )

@@ -37,10 +37,14 @@ def start_block(config: ml_collections.ConfigDict, run: plan.TrainingPlan, workd
     evaluation = f"{run.num_eval_steps} batches of {run.eval_batch_size}, {every}at the end"
   else:
     evaluation = "none"
+  mask = "" if config.optimizer == "sgd" else f", {config.lars_mask} mask"
   rows = (
     ("model", f"{config.model}{' (bfloat16 activations)' if config.half_precision else ''}"),
     ("data set", f"{config.dataset}{'' if config.data_dir is None else f' from {config.data_dir}'}"),
-    ("optimizer", f"{config.optimizer}, momentum {config.momentum:g}, weight decay {config.weight_decay:g}"),
+    (
+      "optimizer",
+      f"{config.optimizer}, momentum {config.momentum:g}, weight decay {config.weight_decay:g}{mask}",
+    ),
     (
       "devices",
       f"{run.num_devices} x {devices[0].device_kind} ({devices[0].platform}), {run.num_processes} processes",

@@ -18,6 +18,10 @@ LARS-sized γ_0 that wrecks a network without batch norm. The study measures it 
 ``lars_rank_mask``: the no-BN model at the smallest and the largest batch, tuned on the same grid as ``lars``
 (reported in the tables, not in the summary).
 
+Near the whole data set: on digits, the no-BN model is also trained with the whole training set as its
+batch (full-batch, one step per epoch) for ``full_batch_epochs`` = 200 steps, every contender and the
+ablation, each tuned as above (tables only).
+
 Tuning: a grid of peak learning rates spaced by 2 is trained with seed 0 and the value with the best
 validation accuracy is chosen; while it sits at an edge of the grid, the grid is widened by one value
 beyond that edge (at most ``max_widenings`` times, reported). When no value of the grid trains (validation
@@ -29,7 +33,7 @@ and ``sgd_tuned`` are one and the same tuned run; at every other batch ``sgd_lin
 largest batch, the no-BN model is trained again with ``lars`` and ``sgd_tuned`` for other epoch budgets,
 γ_0 re-tuned for each.
 
-Run from the repository root (the committed results; 19.5 minutes on 2 CPU cores):
+Run from the repository root (the committed results; 33 minutes on 2 CPU cores):
 
   python -m benchmarks.large_batch_study
   python -m benchmarks.large_batch_study --quick     # under 2 minutes: the tests' and notebook's settings
@@ -107,6 +111,8 @@ class StudySettings:
     sgd_grid: the initial grid of γ_base for momentum SGD at B_min.
     lars_grid: the initial grid of γ_0 for LARS at B_min.
     epoch_budgets: the Table 5 analogue's budgets at the largest batch (no-BN model).
+    full_batch_epochs: the budget (one step per epoch) of the no-BN model trained with the whole training set
+      as its batch; None: not run.
     num_seeds: seeds 0 .. num_seeds - 1 at every chosen learning rate (seed 0 tunes).
     max_widenings: at most this many values added to a grid whose choice sits at an edge.
     train_examples: digits only: None for the whole training split minus validation.
@@ -127,6 +133,7 @@ class StudySettings:
   num_seeds: int = 3
   max_widenings: int = 4
   train_examples: int | None = None
+  full_batch_epochs: int | None = None
   data_dir: str | None = None
 
   def __post_init__(self):
@@ -168,6 +175,7 @@ DATASET_SETTINGS: Mapping[str, StudySettings] = MappingProxyType(
       sgd_grid=(0.0025, 0.005, 0.01, 0.02),
       lars_grid=(1.0, 2.0, 4.0, 8.0),
       epoch_budgets=(10, 20, 40, 80),
+      full_batch_epochs=200,
     ),
     # All 40,000 training signals: 156 steps per epoch at B = 256, 312 in 2 epochs.
     "mnist1d": StudySettings(
@@ -194,6 +202,7 @@ QUICK_SETTINGS = dict(
   sgd_grid=(0.005, 0.01, 0.02),
   lars_grid=(1.0, 2.0, 4.0),
   epoch_budgets=(4, 8),
+  full_batch_epochs=8,
 )
 
 
@@ -367,6 +376,32 @@ def run_mask_ablation(study: Study, model: str, sweep: dict) -> dict:
   return dict(model=model, batches=rows)
 
 
+def run_full_batch(study: Study, model: str, sweep: dict) -> dict | None:
+  """The no-BN model with the whole training set as its batch (one step per epoch), every contender.
+
+  The grids start where the sweep's largest batch ended: ``sgd_linear`` scales its base rate to this
+  batch; ``sgd_tuned`` starts from that rate and ``lars`` from its own choice, widened as in `Study.tune`.
+  """
+  epochs = study.settings.full_batch_epochs
+  if epochs is None:
+    return None
+  batch, b_min = study.num_train, sweep["batches"][0]["batch_size"]
+  base = sweep["batches"][0]["test_accuracy"]["sgd_linear"]["lr"]
+  linear, lars = base * batch / b_min, sweep["batches"][-1]["test_accuracy"]["lars"]["lr"]
+  lars_grid = [lars / 2, lars, lars * 2, lars * 4]
+  acc = {
+    "sgd_linear": study.seeds_at(model, "sgd", batch, epochs, linear) | {"tuning": None},
+    "sgd_tuned": _contender(
+      study, model, "sgd_tuned", batch, epochs, [linear / 8, linear / 4, linear / 2, linear]
+    ),
+    "lars": _contender(study, model, "lars", batch, epochs, lars_grid),
+    ABLATION: _contender(study, model, ABLATION, batch, epochs, lars_grid),
+  }
+  return dict(
+    model=model, batch_size=batch, epochs=epochs, steps=study.steps(batch, epochs), test_accuracy=acc
+  )
+
+
 def run_epochs(study: Study, model: str, sweep: dict) -> list[dict]:
   """Table 5 analogue: the largest batch of the no-BN model for every epoch budget, γ_0 re-tuned."""
   s = study.settings
@@ -392,13 +427,13 @@ def run_dataset(settings: StudySettings, runs_per_call: int | None = None, log=p
   no_bn = settings.models[0]
   epochs = run_epochs(study, no_bn, models[no_bn])
   ablation = run_mask_ablation(study, no_bn, models[no_bn])
-  lars_layers = {
-    f"{m} B={b}": p.trust_ratio
-    for (m, o, b, e, seed, lr), p in study.points.items()
-    if o == "lars"
-    and seed == 0
-    and e == settings.num_epochs
-    and lr == next(x for x in models[m]["batches"] if x["batch_size"] == b)["test_accuracy"]["lars"]["lr"]
+  full_batch = run_full_batch(study, no_bn, models[no_bn])
+  chosen = {
+    (m, b["batch_size"]): b["test_accuracy"]["lars"]["lr"] for m in models for b in models[m]["batches"]
+  }
+  lars_layers = {  # the sweep's chosen LARS runs, seed 0
+    f"{m} B={b}": study.point(m, "lars", b, settings.num_epochs, 0, lr).trust_ratio
+    for (m, b), lr in chosen.items()
   }
   return dict(
     dataset=settings.dataset,
@@ -409,6 +444,7 @@ def run_dataset(settings: StudySettings, runs_per_call: int | None = None, log=p
     models=models,
     epochs=dict(model=no_bn, batch_size=max(settings.batch_sizes), rows=epochs),
     mask_ablation=ablation,
+    full_batch=full_batch,
     trust_ratios=lars_layers,
     points=[
       dict(zip(("model", "optimizer", "batch_size", "epochs", "seed", "lr"), k, strict=True))

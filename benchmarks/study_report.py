@@ -85,6 +85,21 @@ def ablation_table(result: Mapping[str, Any]) -> str:
   return "\n".join(lines)
 
 
+def full_batch_table(result: Mapping[str, Any]) -> str:
+  """The no-BN model with the whole training set as its batch: every contender, the ablation ("": none)."""
+  full = result.get("full_batch")
+  if not full:
+    return ""
+  contenders = (*CONTENDERS, ABLATION)
+  lines = [
+    "| model | batch | epochs = steps | " + " | ".join(f"{c} % (γ₀)" for c in contenders) + " |",
+    "|---|---:|---:|" + "---|" * len(contenders),
+  ]
+  cells = [f"{_pct(full['test_accuracy'][c])} ({_lr(full['test_accuracy'][c])})" for c in contenders]
+  lines.append(f"| {full['model']} | {full['batch_size']} | {full['steps']} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def epochs_table(result: Mapping[str, Any]) -> str:
   """Table 5 analogue: the largest batch of the no-BN model against the epoch budget."""
   rows = result["epochs"]["rows"]
@@ -128,6 +143,10 @@ def grid_table(result: Mapping[str, Any]) -> str:
         )
   for b in result["mask_ablation"]["batches"]:
     add(result["mask_ablation"]["model"], ABLATION, b["batch_size"], epochs, b[ABLATION])
+  full = result.get("full_batch")
+  if full:
+    for c in ("sgd_tuned", "lars", ABLATION):
+      add(full["model"], c, full["batch_size"], full["epochs"], full["test_accuracy"][c])
   return "\n".join(lines)
 
 
@@ -183,6 +202,15 @@ def markdown(result: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
     "### The mask: LARS on every layer against the library's default mask (no-BN model)",
     ablation_sentence(result),
     ablation_table(result),
+    *(
+      [
+        f"### The whole training set as the batch ({result['full_batch']['batch_size']} examples, one step "
+        "per epoch), no-BN model",
+        full_batch_table(result),
+      ]
+      if full_batch_table(result)
+      else []
+    ),
     "### Every tuning grid",
     grid_table(result),
   ]

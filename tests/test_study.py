@@ -78,6 +78,21 @@ def test_quick_summary_has_the_schema_and_its_numbers_come_from_the_runs(quick_r
 
 
 @pytest.mark.timeout(400)
+def test_quick_study_full_batch_is_the_whole_training_set(quick_run):
+  _, summary, record = quick_run
+  full, points = record["full_batch"], _points(record)
+  assert full["batch_size"] == record["num_train"] and full["steps"] == full["epochs"] == 8
+  smallest = summary["datasets"]["digits"]["models"][full["model"]]["batches"][0]
+  linear = smallest["test_accuracy"]["sgd_linear"]["lr"] * record["num_train"] / smallest["batch_size"]
+  np.testing.assert_allclose(full["test_accuracy"]["sgd_linear"]["lr"], linear, rtol=1e-12)
+  recipes = {"sgd_linear": "sgd", "sgd_tuned": "sgd", "lars": "lars", "lars_rank_mask": "lars_rank_mask"}
+  for contender, entry in full["test_accuracy"].items():
+    key = (full["model"], recipes[contender], full["batch_size"], full["epochs"])
+    mean, std = _seed_stats(points, key, entry["lr"], record["settings"]["num_seeds"])
+    np.testing.assert_allclose([entry["mean"], entry["std"]], [mean, std], rtol=1e-12)
+
+
+@pytest.mark.timeout(400)
 def test_quick_study_chooses_on_seed_0_validation_and_widens_at_edges(quick_run):
   _, _, record = quick_run
   points = _points(record)
@@ -104,7 +119,11 @@ def test_quick_study_chooses_on_seed_0_validation_and_widens_at_edges(quick_run)
     key = (ablation["model"], "lars_rank_mask", batch["batch_size"], epochs)
     tunings.append((key, batch["lars_rank_mask"]))
     assert set(batch["lars"]["tuning"]["grid"]) <= set(batch["lars_rank_mask"]["tuning"]["grid"])
-  assert len(tunings) == 2 * 2 * 2 + 2 * len(record["epochs"]["rows"]) + 2
+  full = record["full_batch"]
+  for contender, recipe in (("sgd_tuned", "sgd"), ("lars", "lars"), ("lars_rank_mask", "lars_rank_mask")):
+    key = (full["model"], recipe, full["batch_size"], full["epochs"])
+    tunings.append((key, full["test_accuracy"][contender]))
+  assert len(tunings) == 2 * 2 * 2 + 2 * len(record["epochs"]["rows"]) + 2 + 3
   trains = 2 / 10  # digits: validation accuracy above twice chance.
   for key, entry in tunings:
     tuning = entry["tuning"]
@@ -182,7 +201,7 @@ def test_quick_study_trust_ratios_follow_the_paper_formula(quick_run):
 
 @pytest.mark.timeout(400)
 def test_quick_study_markdown_shows_the_summary(quick_run):
-  paths, summary, _record = quick_run
+  paths, summary, record = quick_run
   text = paths["digits_markdown"].read_text()
   table = text.split("### Test accuracy")[1].split("###")[0]
   rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith("| small")]
@@ -197,6 +216,13 @@ def test_quick_study_markdown_shows_the_summary(quick_run):
       )
   head = study_schema.headline(summary, "digits")
   assert f"LARS {100 * head['lars_small']:.1f}% → {100 * head['lars_large']:.1f}%" in text
+  for section, entries in (
+    ("### The mask", [b["lars_rank_mask"] for b in record["mask_ablation"]["batches"]]),
+    ("### The whole training set", list(record["full_batch"]["test_accuracy"].values())),
+  ):
+    body = text.split(section)[1].split("###")[0]
+    for entry in entries:
+      assert f"{100 * entry['mean']:.1f} ± {100 * entry['std']:.1f} ({entry['lr']:.3g}" in body
   for key in ("digits_accuracy_vs_batch", "digits_epochs"):
     assert paths[key].stat().st_size > 10_000  # a rendered figure, not an empty canvas.
 

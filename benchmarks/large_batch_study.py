@@ -332,6 +332,16 @@ class Study:
     )
 
 
+def _sgd_grid(linear: float) -> list[float]:
+  """``sgd_tuned``'s first grid at a batch: the linear-scaling rate and three halvings below it."""
+  return [linear / 8, linear / 4, linear / 2, linear]
+
+
+def _lars_grid(chosen: float) -> list[float]:
+  """``lars``'s first grid at a larger batch, from γ_0 chosen at a smaller one (LARS's γ_0 grows with B)."""
+  return [chosen / 2, chosen, chosen * 2, chosen * 4]
+
+
 def _contender(study: Study, model: str, contender: str, batch: int, epochs: int, grid) -> dict:
   optimizer = _RECIPE[contender]
   tuning = study.tune(model, optimizer, batch, epochs, grid)
@@ -352,14 +362,12 @@ def run_model(study: Study, model: str) -> dict:
       acc["sgd_linear"] = dict(tuned, tuning=None)
     else:
       linear = base * batch / b_min
-      tuned = _contender(
-        study, model, "sgd_tuned", batch, epochs, [linear / 8, linear / 4, linear / 2, linear]
-      )
+      tuned = _contender(study, model, "sgd_tuned", batch, epochs, _sgd_grid(linear))
       acc["sgd_linear"] = study.seeds_at(model, "sgd", batch, epochs, linear) | {"tuning": None}
     acc["sgd_tuned"] = tuned
     acc["lars"] = _contender(study, model, "lars", batch, epochs, lars_grid)
     chosen = acc["lars"]["lr"]
-    lars_grid = [chosen / 2, chosen, chosen * 2, chosen * 4]  # the next, larger batch starts here.
+    lars_grid = _lars_grid(chosen)  # the next, larger batch starts here.
     batches.append(entry)
   return dict(batch_norm=model.endswith("_bn"), batches=batches)
 
@@ -388,12 +396,10 @@ def run_full_batch(study: Study, model: str, sweep: dict) -> dict | None:
   batch, b_min = study.num_train, sweep["batches"][0]["batch_size"]
   base = sweep["batches"][0]["test_accuracy"]["sgd_linear"]["lr"]
   linear, lars = base * batch / b_min, sweep["batches"][-1]["test_accuracy"]["lars"]["lr"]
-  lars_grid = [lars / 2, lars, lars * 2, lars * 4]
+  lars_grid = _lars_grid(lars)
   acc = {
     "sgd_linear": study.seeds_at(model, "sgd", batch, epochs, linear) | {"tuning": None},
-    "sgd_tuned": _contender(
-      study, model, "sgd_tuned", batch, epochs, [linear / 8, linear / 4, linear / 2, linear]
-    ),
+    "sgd_tuned": _contender(study, model, "sgd_tuned", batch, epochs, _sgd_grid(linear)),
     "lars": _contender(study, model, "lars", batch, epochs, lars_grid),
     ABLATION: _contender(study, model, ABLATION, batch, epochs, lars_grid),
   }

@@ -1,8 +1,4 @@
-"""How a global batch is split between processes and between the devices of one process.
-
-A global batch of `B` examples is read by `P` processes; each process serves `B / P` examples to its
-`D` local devices, `B / (P D)` per device, as arrays shaped `(D, B / (P D), ...)` for `jax.pmap`.
-"""
+"""How a global batch of `B` examples is split: `B / P` per process, `B / (P D)` per local device."""
 
 from collections.abc import Mapping
 from typing import NamedTuple
@@ -10,18 +6,11 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from input_pipeline import validation
+from input_pipeline.validation import InputError, check_int
 
 
 class ProcessLayout(NamedTuple):
-  """Where this process sits in a multi-process run and how much of each batch it serves.
-
-  Attributes:
-    global_batch_size: examples per step, all processes together (`B`).
-    process_index: index of this process, in `[0, process_count)`.
-    process_count: number of processes (`P`), one per host on a TPU pod.
-    local_device_count: devices attached to this process (`D`).
-  """
+  """This process's place in a run: `B` examples per step, process `p` of `P`, `D` local devices."""
 
   global_batch_size: int
   process_index: int
@@ -30,13 +19,7 @@ class ProcessLayout(NamedTuple):
 
   @property
   def per_process_batch_size(self) -> int:
-    """`B / P`: examples this process reads per step."""
     return self.global_batch_size // self.process_count
-
-  @property
-  def per_device_batch_size(self) -> int:
-    """`B / (P D)`: examples each local device receives per step."""
-    return self.per_process_batch_size // self.local_device_count
 
 
 def process_layout(
@@ -46,44 +29,28 @@ def process_layout(
   process_count: int | None = None,
   local_device_count: int | None = None,
 ) -> ProcessLayout:
-  """Returns the layout of this process, defaulting to what JAX reports.
-
-  Passing `process_index` and `process_count` explicitly lets one process compute what any process
-  of a multi-host run would read (tests simulate several hosts this way).
-
-  Args:
-    global_batch_size: examples per step, all processes together.
-    process_index: defaults to `jax.process_index()`.
-    process_count: defaults to `jax.process_count()`.
-    local_device_count: defaults to `jax.local_device_count()`.
-
-  Returns:
-    The validated `ProcessLayout`.
+  """The validated layout of this process; None takes JAX's value (tests pass them to simulate hosts).
 
   Raises:
-    ValueError: if an argument is not a positive integer, `process_index` is out of range, or
+    InputError: an argument is not a positive integer, `process_index` is out of range, or
       `global_batch_size` is not divisible by `process_count * local_device_count`.
   """
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   local_device_count = jax.local_device_count() if local_device_count is None else local_device_count
-  validation.check_int(global_batch_size, "global_batch_size", minimum=1)
-  validation.check_int(process_count, "process_count", minimum=1)
-  validation.check_int(local_device_count, "local_device_count", minimum=1)
-  if not 0 <= process_index < process_count:
-    raise ValueError(
-      f"`process_index` must be in [0, {process_count}) for process_count={process_count}, "
-      f"got {process_index!r}."
+  check_int(global_batch_size, "global_batch_size", minimum=1)
+  check_int(process_count, "process_count", minimum=1)
+  check_int(local_device_count, "local_device_count", minimum=1)
+  check_int(process_index, "process_index", minimum=0)
+  if process_index >= process_count:
+    raise InputError("process_index", f"`process_index` must be < process_count={process_count}.")
+  if global_batch_size % (process_count * local_device_count):
+    raise InputError(
+      "global_batch_size",
+      f"`global_batch_size`={global_batch_size} must be divisible by process_count * local_device_count"
+      f" = {process_count} * {local_device_count}.",
     )
-  shards = process_count * local_device_count
-  if global_batch_size % shards:
-    raise ValueError(
-      f"`global_batch_size`={global_batch_size} must be divisible by process_count * "
-      f"local_device_count = {process_count} * {local_device_count} = {shards}."
-    )
-  return ProcessLayout(
-    int(global_batch_size), int(process_index), int(process_count), int(local_device_count)
-  )
+  return ProcessLayout(global_batch_size, process_index, process_count, local_device_count)
 
 
 def shard_for_devices(batch: Mapping[str, np.ndarray], local_device_count: int) -> dict:
@@ -94,12 +61,7 @@ def shard_for_devices(batch: Mapping[str, np.ndarray], local_device_count: int) 
 
 
 def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
-  """Number of evaluation steps that cover `num_examples` once: `ceil(num_examples / B)`.
-
-  Every process runs this many steps, whatever the size of its own part (parts differ by up to one
-  example), so collectives inside the evaluation step never wait for a process that has finished.
-  Because `ceil(ceil(N / P) / (B / P)) = ceil(N / B)`, it is also enough for the largest part.
-  """
-  validation.check_int(num_examples, "num_examples", minimum=1)
-  validation.check_int(global_batch_size, "global_batch_size", minimum=1)
+  """`ceil(N / B)`: evaluation steps of every process, enough for its part since parts differ by <= 1."""
+  check_int(num_examples, "num_examples", minimum=1)
+  check_int(global_batch_size, "global_batch_size", minimum=1)
   return -(-num_examples // global_batch_size)

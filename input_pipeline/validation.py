@@ -1,16 +1,23 @@
-"""The argument check of the input pipelines: integers, as every entry point takes them."""
+"""The argument checks of the input pipelines and the error they raise."""
 
 import numbers
 
 
+class InputError(ValueError):
+  """A data argument a user must fix; ``argument`` is its name (train.py's config field of that name)."""
+
+  def __init__(self, argument: str, message: str):
+    super().__init__(message)
+    self.argument = argument
+
+
 def check_int(value: object, argument: str, *, minimum: int, allow_none: bool = False) -> None:
-  """Raises ValueError naming ``argument`` unless ``value`` is an integer >= ``minimum`` (or None if allowed).
+  """Raises `InputError` naming ``argument`` unless ``value`` is an int >= ``minimum`` (or allowed None).
 
   Booleans are not integers here (``True`` is not a batch size).
   """
   if allow_none and value is None:
     return
   if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-    kind = {0: "a non-negative integer", 1: "a positive integer"}.get(minimum, f"an integer >= {minimum}")
-    allowed = f"None or {kind}" if allow_none else kind
-    raise ValueError(f"`{argument}` must be {allowed}, got {value!r}.")
+    allowed = f"an integer >= {minimum}" + (" or None" if allow_none else "")
+    raise InputError(argument, f"`{argument}` must be {allowed}, got {value!r}.")

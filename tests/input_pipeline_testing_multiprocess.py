@@ -49,7 +49,7 @@ def evaluate(name: str, predict, global_batch_size: int, **kwargs) -> dict:
   step = _masked_counts(predict)
   totals, num_batches = np.zeros(2, np.int64), 0
   batches = input_pipeline.eval_iterator(name, global_batch_size=global_batch_size, **kwargs)
-  for batch in input_pipeline.prefetch_to_device(batches):
+  for batch in batches:  # (local devices, per-device batch, ...): what jax.pmap takes.
     totals += np.asarray(step(batch)[0])
     num_batches += 1
   return {"correct": int(totals[0]), "count": int(totals[1]), "batches": num_batches}

@@ -1,4 +1,4 @@
-"""In-memory pipelines (digits, MNIST-1D, fake): splits, order, sharding, padding, prefetch."""
+"""In-memory pipelines (digits, MNIST-1D, fake): splits, order, sharding, padding, argument checks."""
 
 import hashlib
 import importlib
@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 
-import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
@@ -17,7 +16,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 import input_pipeline
-from input_pipeline import arrays, digits, fake, mnist1d, registry
+from input_pipeline import arrays, digits, fake, mnist1d
 
 # sha256 of the digits test indices (int64, little endian) of the documented split. Changing the
 # split changes every published digits number: this must never change.
@@ -44,7 +43,7 @@ def _indexed_loader(num_train: int, num_eval: int):
 
 @pytest.fixture
 def indexed(monkeypatch):
-  monkeypatch.setitem(registry.ARRAY_DATASETS, "indexed", _indexed_loader(50, 23))
+  monkeypatch.setitem(input_pipeline.ARRAY_DATASETS, "indexed", _indexed_loader(50, 23))
   return "indexed"
 
 
@@ -195,17 +194,18 @@ def test_bfloat16_images(indexed):
 
 
 def test_fake_data_tiles_a_pool():
-  loader = fake.FakeDataset(image_shape=(4, 4, 3), num_classes=5, num_train=100, num_eval=10, pool_size=8)
-  splits = loader(image_size=6)
-  assert splits.train_images.shape == (100, 6, 6, 3) and len(splits.eval_labels) == 10
-  indices = np.array([0, 8, 13, 99])
-  np.testing.assert_array_equal(splits.train_images[indices], splits.train_images[indices % 8])
-  assert np.all((splits.train_labels[np.arange(100)] >= 0) & (splits.train_labels[np.arange(100)] < 5))
+  splits = fake.load(image_size=6)
+  assert splits.train_images.shape == (1_281_167, 6, 6, 3) and len(splits.eval_labels) == 50_000
+  indices = np.array([0, 64, 77, 1_281_166])
+  np.testing.assert_array_equal(splits.train_images[indices], splits.train_images[indices % 64])
+  assert not np.array_equal(splits.train_images[0], splits.train_images[1])
+  labels = splits.train_labels[np.arange(1000)]
+  assert np.all((labels >= 0) & (labels < 1000))
   batch = next(
     input_pipeline.train_iterator("fake", global_batch_size=8, seed=0, image_size=8, dtype="bfloat16")
   )
   assert batch["image"].shape[2:] == (8, 8, 3) and batch["image"].dtype == jnp.bfloat16
-  with pytest.raises(ValueError, match="load_arrays"):
+  with pytest.raises(input_pipeline.InputError, match="train_iterator"):
     input_pipeline.load_arrays("fake")
 
 
@@ -264,29 +264,44 @@ def test_digits_path_does_not_import_tensorflow():
     ({"global_batch_size": 8, "start_step": -2}, "start_step"),
     ({"global_batch_size": 8, "dtype": "int8"}, "dtype"),
     ({"global_batch_size": 8, "process_index": 2, "process_count": 2}, "process_index"),
-    ({"global_batch_size": 2048}, "batch_size=2048"),
+    ({"global_batch_size": 2048}, "global_batch_size"),
     ({"global_batch_size": 8, "image_size": 12}, "image_size"),
+    ({"global_batch_size": 8, "image_size": True}, "image_size"),
+    ({"global_batch_size": 8, "seed": False}, "seed"),
+    ({"global_batch_size": 8, "augmentation": "bogus"}, "augmentation"),
+    ({"global_batch_size": 8, "augmentation": "pad_crop_flip"}, "augmentation"),
+    ({"global_batch_size": 8, "shuffle_buffer_size": 0}, "shuffle_buffer_size"),
   ],
 )
 def test_bad_arguments_are_rejected_at_the_call(kwargs, argument):
   kwargs = {"seed": 0, "local_device_count": 1, **kwargs}
-  with pytest.raises(ValueError, match=argument):
+  with pytest.raises(input_pipeline.InputError) as error:
     input_pipeline.train_iterator("digits", **kwargs)  # no next(): raised before the first batch.
+  assert error.value.argument == argument and f"`{argument}`" in str(error.value)
 
 
-def test_prefetch_to_device_feeds_pmap():
-  devices = jax.local_devices()
-  batches = input_pipeline.train_iterator("digits", global_batch_size=8 * len(devices), seed=0)
-  host = [next(batches) for _ in range(3)]
-  replay = iter(host)
-  step = jax.pmap(lambda batch: jax.lax.psum(jnp.sum(batch["label"]), "i"), axis_name="i")
-  on_device = list(input_pipeline.prefetch_to_device(replay, size=2))
-  assert len(on_device) == 3
-  for batch, expected in zip(on_device, host, strict=True):
-    assert batch["image"].sharding.device_set == set(devices)
-    np.testing.assert_array_equal(np.asarray(batch["image"]), expected["image"])
-    assert int(step(batch)[0]) == expected["label"].sum()
-  with pytest.raises(ValueError, match="leading axis"):
-    next(input_pipeline.prefetch_to_device(iter([{"x": np.zeros((3, 2))}]), devices=devices[:2]))
-  with pytest.raises(ValueError, match="size"):
-    input_pipeline.prefetch_to_device(iter(host), size=0)
+@pytest.mark.parametrize(
+  "fields,argument",
+  [
+    ({"dataset": "digits", "augmentation": "bogus"}, "augmentation"),
+    ({"dataset": "mnist1d", "augmentation": "inception"}, "augmentation"),
+    ({"dataset": "digits", "crop_padding": -1000}, "crop_padding"),
+    ({"dataset": "digits", "crop_padding": 2.5}, "crop_padding"),
+    ({"dataset": "digits", "shuffle_buffer_size": 0}, "shuffle_buffer_size"),
+    ({"dataset": "digits", "image_size": 0}, "image_size"),
+    ({"dataset": 3}, "dataset"),
+  ],
+)
+def test_check_data_config_names_the_field(fields, argument):
+  with pytest.raises(input_pipeline.InputError) as error:
+    input_pipeline.check_data_config(**fields)
+  assert error.value.argument == argument and f"`{argument}`" in str(error.value)
+
+
+def test_check_data_config_accepts_the_defaults():
+  info = input_pipeline.check_data_config("digits", augmentation="none", crop_padding=0)
+  assert (
+    info
+    == input_pipeline.get_dataset_info("digits")
+    == input_pipeline.DatasetInfo("digits", 10, (8, 8, 1), 1438, 359)
+  )

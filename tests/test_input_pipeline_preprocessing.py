@@ -18,7 +18,7 @@ def _texture(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 def _window(shape, seed, image_size=224):
   return preprocessing.random_crop_window(
-    tf.constant(shape, tf.int32), tf.constant(seed, tf.int64), image_size
+    tf.constant(shape, tf.int32), tf.constant(seed, tf.int64), image_size, 32
   ).numpy()
 
 
@@ -87,9 +87,9 @@ def test_inception_train_is_seeded_and_fused_matches_unfused():
   outputs = []
   for seed in range(8):
     seed = tf.constant([seed, 3], tf.int64)
-    fused = preprocessing.inception_train(encoded, seed, 32, 3, fused=True).numpy()
-    np.testing.assert_array_equal(fused, preprocessing.inception_train(encoded, seed, 32, 3, True))
-    np.testing.assert_array_equal(fused, preprocessing.inception_train(encoded, seed, 32, 3, False))
+    fused = preprocessing.inception_train(encoded, seed, 32, 32, 3, fused=True).numpy()
+    np.testing.assert_array_equal(fused, preprocessing.inception_train(encoded, seed, 32, 32, 3))
+    np.testing.assert_array_equal(fused, preprocessing.inception_train(encoded, seed, 32, 32, 3, fused=False))
     assert fused.shape == (32, 32, 3) and fused.dtype == np.float32
     assert fused.min() >= 0 and fused.max() <= 255
     outputs.append(fused)
@@ -102,9 +102,7 @@ def test_inception_train_flips_about_half_the_time():
   pixels[:, 20:] = 255
   encoded = tf.constant(testing.encode_jpeg(pixels))
   left_brighter = [
-    preprocessing.inception_train(encoded, tf.constant([seed, 0], tf.int64), 16, 3, True)
-    .numpy()[:, :8]
-    .mean()
+    preprocessing.inception_train(encoded, tf.constant([seed, 0], tf.int64), 16, 32, 3).numpy()[:, :8].mean()
     > 127
     for seed in range(200)
   ]
@@ -120,7 +118,7 @@ def test_inception_eval_is_the_resized_centre_crop():
   crop = tf.io.decode_jpeg(encoded, channels=3).numpy()[y : y + side, x : x + side]
   expected = tf.clip_by_value(tf.image.resize(crop, [32, 32], method="bicubic"), 0, 255).numpy()
   for fused in (True, False):
-    image = preprocessing.inception_eval(tf.constant(encoded), 32, 4, 3, fused).numpy()
+    image = preprocessing.inception_eval(tf.constant(encoded), 32, 4, 3, fused=fused).numpy()
     np.testing.assert_allclose(image, expected, atol=1e-4)
 
 
@@ -132,21 +130,41 @@ def test_normalize_per_channel():
       [0.515 / 0.229, 0.544 / 0.224, 0.594 / 0.225],
     ]
   ]
-  np.testing.assert_allclose(preprocessing.normalize(image, 3, tf.float32), expected, rtol=1e-6)
-  grey = preprocessing.normalize(tf.constant([[[0.0], [127.5], [255.0]]]), 1, tf.bfloat16)
+  np.testing.assert_allclose(preprocessing.normalize(image, None, tf.float32), expected, rtol=1e-6)
+  grey = preprocessing.normalize(tf.constant([[[0.0], [127.5], [255.0]]]), None, tf.bfloat16)
   assert grey.dtype == tf.bfloat16
   np.testing.assert_array_equal(tf.cast(grey, tf.float32).numpy().ravel(), [-1.0, 0.0, 1.0])
 
 
-def test_pad_and_crop_takes_a_window_of_the_zero_padded_image():
+def test_normalize_resizes_a_batch_of_fixed_size_images():
+  batch = np.stack([np.full((28, 28, 1), value, np.uint8) for value in (0, 51, 255)])
+  batch[1, :, 14:] = 102  # left half 51, right half 102: bilinear halving keeps the halves.
+  served = preprocessing.normalize(tf.constant(batch), 14, tf.float32).numpy()
+  assert served.shape == (3, 14, 14, 1)
+  pixels = served * 127.5 + 127.5
+  np.testing.assert_allclose(pixels[0], 0, atol=1e-4)
+  np.testing.assert_allclose(pixels[2], 255, atol=1e-4)
+  np.testing.assert_allclose(pixels[1, :, :6], 51, atol=1e-4)
+  np.testing.assert_allclose(pixels[1, :, 8:], 102, atol=1e-4)
+  same = preprocessing.normalize(tf.constant(batch), 28, tf.float32).numpy()
+  np.testing.assert_allclose(same * 127.5 + 127.5, batch, atol=1e-4)  # the stored size: no resize.
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_pad_crop_takes_a_window_of_the_zero_padded_image(flip):
   image = tf.constant(np.arange(1, 8 * 8 + 1, dtype=np.float32).reshape(8, 8, 1))
   padded = np.pad(image.numpy(), [(4, 4), (4, 4), (0, 0)])
   offsets = set()
   for seed in range(40):
-    crop = preprocessing.pad_and_crop(image, tf.constant([seed, 1], tf.int64)).numpy()
+    crop = preprocessing.pad_crop_flip(image, tf.constant([seed, 1], tf.int64), None, 0, 1, flip=flip).numpy()
+    windows = [(dy, dx, f) for dy in range(9) for dx in range(9) for f in (False, True)]
     matches = [
-      (dy, dx) for dy in range(9) for dx in range(9) if np.array_equal(crop, padded[dy : dy + 8, dx : dx + 8])
+      w for w in windows if np.array_equal(crop, _flip(padded[w[0] : w[0] + 8, w[1] : w[1] + 8], w[2]))
     ]
-    assert len(matches) == 1
+    assert len(matches) == 1 and (flip or not matches[0][2])
     offsets.add(matches[0])
-  assert len(offsets) > 20
+  assert len(offsets) > (30 if flip else 20)  # flips are drawn too, about half the time.
+
+
+def _flip(image, flip):
+  return image[:, ::-1] if flip else image

@@ -1,11 +1,13 @@
-"""TFDS pipelines: mocked ImageNet/CIFAR-10 for shapes and values, a tiny real data set for the rest.
+"""TFDS pipelines: mocked ImageNet/CIFAR-10 for shapes and values, tiny real data sets for the rest.
 
 `tfds.testing.mock_data` ignores split slicing and records no split sizes, so per-process parts,
-evaluation padding and steps per epoch are checked on `input_pipeline_testing.LarsTinyJpeg`, built
-from JPEGs in a temporary directory.
+evaluation padding and steps per epoch are checked on `input_pipeline_testing`'s data sets, built in a
+temporary directory (JPEGs of varying size; fixed-size grey PNGs).
 """
 
-import itertools
+import subprocess
+import sys
+import textwrap
 
 import input_pipeline_testing as testing
 import numpy as np
@@ -13,9 +15,16 @@ import pytest
 import tensorflow_datasets as tfds
 
 import input_pipeline
-from input_pipeline import preprocessing, sharding, tfds_data, tfds_pipeline
+from input_pipeline import preprocessing, tfds_data
 
 TINY = testing.NAME
+
+
+@pytest.fixture(scope="module")
+def grey_dir(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp("grey"))
+  testing.build_grey(data_dir)
+  return data_dir
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +42,8 @@ def _normalised_bounds(channels: int = 3):
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_mocked_imagenet_batches(dtype):
   with tfds.testing.mock_data(num_examples=12):
-    source = tfds_data.open_source("imagenet2012", None)
-    assert tfds_pipeline.default_augmentation(source) == "inception"  # fused, on SkipDecoding bytes.
+    source = tfds_data.open_source("imagenet2012", None, None, None)
+    assert source.augmentation == "inception"  # fused, on SkipDecoding bytes.
     info = input_pipeline.get_dataset_info("imagenet2012", image_size=32)
     train = input_pipeline.train_iterator(
       "imagenet2012", global_batch_size=8, seed=0, image_size=32, dtype=dtype, local_device_count=2
@@ -60,8 +69,7 @@ def test_mocked_imagenet_batches(dtype):
 
 def test_mocked_cifar10_uses_fixed_size_preprocessing_and_load_arrays():
   with tfds.testing.mock_data(num_examples=6):
-    source = tfds_data.open_source("cifar10", None)
-    assert tfds_pipeline.default_augmentation(source) == "pad_crop_flip"
+    assert tfds_data.open_source("cifar10", None, None, None).augmentation == "pad_crop_flip"
     batch = next(input_pipeline.train_iterator("cifar10", global_batch_size=4, seed=1, local_device_count=1))
     assert input_pipeline.get_dataset_info("cifar10").image_shape == (32, 32, 3)
     resized = input_pipeline.get_dataset_info("cifar10", image_size=48, augmentation="inception_unfused")
@@ -76,7 +84,7 @@ def test_mocked_cifar10_uses_fixed_size_preprocessing_and_load_arrays():
       )
     )
     x_train, y_train, x_test, y_test = input_pipeline.load_arrays("cifar10")
-    with pytest.raises(ValueError, match="fixed-size"):
+    with pytest.raises(input_pipeline.InputError, match="fixed-size"):
       input_pipeline.load_arrays("imagenet2012")
   assert batch["image"].shape == (1, 4, 32, 32, 3)
   assert resized.image_shape == (48, 48, 3) and cropped["image"].shape == (1, 4, 48, 48, 3)
@@ -86,6 +94,7 @@ def test_mocked_cifar10_uses_fixed_size_preprocessing_and_load_arrays():
   assert np.all(x_train >= low - 1e-5) and np.all(x_train <= high + 1e-5)
 
 
+@pytest.mark.slow
 def test_tiny_dataset_info(tiny_dir):
   assert input_pipeline.get_dataset_info(TINY, data_dir=tiny_dir) == input_pipeline.DatasetInfo(
     TINY, 3, (224, 224, 3), testing.NUM_TRAIN, testing.NUM_EVAL
@@ -98,19 +107,11 @@ def test_tiny_dataset_info(tiny_dir):
 
 
 def _part_ids(data_dir, split, process_index, process_count):
-  layout = sharding.ProcessLayout(process_count, process_index, process_count, 1)
   builder = tfds.builder(TINY, data_dir=data_dir)
-  part = builder.as_dataset(split=tfds_data.process_split(split, layout))
+  part = builder.as_dataset(
+    split=tfds.split_for_jax_process(split, process_index=process_index, process_count=process_count)
+  )
   return [int(example["id"]) for example in part.as_numpy_iterator()]
-
-
-@pytest.mark.parametrize("process_count", [2, 3])
-def test_process_parts_are_disjoint_and_cover_the_split(tiny_dir, process_count):
-  for split, ids in [("train", range(37)), ("validation", range(37, 50))]:
-    parts = [_part_ids(tiny_dir, split, index, process_count) for index in range(process_count)]
-    assert sorted(itertools.chain(*parts)) == list(ids)
-    sizes = [len(part) for part in parts]
-    assert max(sizes) - min(sizes) <= 1
 
 
 def _train(data_dir, steps, *, seed=0, start_step=0, process_index=0, process_count=2, cache=False):
@@ -129,6 +130,7 @@ def _train(data_dir, steps, *, seed=0, start_step=0, process_index=0, process_co
   return [next(batches) for _ in range(steps)]
 
 
+@pytest.mark.slow
 def test_training_epochs_read_each_process_part_without_repeats(tiny_dir):
   steps_per_epoch = testing.NUM_TRAIN // 8  # 4 global steps of 8; each process serves 4 of them.
   for index in range(2):
@@ -145,6 +147,7 @@ def test_training_epochs_read_each_process_part_without_repeats(tiny_dir):
       np.testing.assert_array_equal(testing.predict(images), [testing.colour(i) for i in ids])
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_and_resumable(tiny_dir):
   reference = _train(tiny_dir, 10, seed=4)  # epochs of 4 steps: crosses two epoch boundaries.
   for cache in (False, True):
@@ -157,6 +160,7 @@ def test_training_is_deterministic_and_resumable(tiny_dir):
   assert any(not np.array_equal(a["image"], b["image"]) for a, b in zip(reference, other, strict=False))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "process_count,global_batch_size,cache",
   [(1, 4, False), (2, 4, False), (2, 4, True), (3, 6, False), (2, 16, False)],
@@ -191,23 +195,114 @@ def test_evaluation_covers_the_split_exactly_once(tiny_dir, process_count, globa
 
 
 def test_missing_data_set_names_the_directory_and_the_preparation(tmp_path):
-  with pytest.raises(tfds_data.DatasetNotPreparedError) as error:
+  with pytest.raises(input_pipeline.InputError) as error:
     input_pipeline.get_dataset_info("imagenet2012", data_dir=str(tmp_path))
   message = str(error.value)
+  assert error.value.argument == "dataset"
   assert str(tmp_path / "imagenet2012") in message
   assert f"tfds build imagenet2012 --data_dir={tmp_path}" in message
   assert str(tmp_path / "downloads" / "manual") in message
-  assert "ILSVRC2012_img_train.tar" in message and "ILSVRC2012_img_val.tar" in message
-  assert isinstance(error.value, FileNotFoundError)
-  with pytest.raises(FileNotFoundError, match=f"tfds build cifar10 --data_dir={tmp_path}"):
+  with pytest.raises(input_pipeline.InputError, match=f"tfds build cifar10 --data_dir={tmp_path}"):
     input_pipeline.train_iterator("cifar10", data_dir=str(tmp_path), global_batch_size=8, seed=0)
-  with pytest.raises(ValueError, match="Unknown data set"):
+  with pytest.raises(input_pipeline.InputError) as error:
     input_pipeline.get_dataset_info("no_such_data_set_anywhere", data_dir=str(tmp_path))
+  assert error.value.argument == "dataset"
 
 
-def test_augmentation_choice_is_validated(tiny_dir):
-  for augmentation, match in [("pad_crop_flip", "fixed-size"), ("rotate", "one of")]:
-    with pytest.raises(ValueError, match=match):
+@pytest.mark.parametrize("missing", ["tensorflow_datasets", "tensorflow"])
+def test_missing_tfds_extra_is_one_line_naming_the_install(monkeypatch, tmp_path, missing):
+  monkeypatch.setitem(sys.modules, missing, None)  # what an install without the extra looks like.
+  calls = [
+    lambda: input_pipeline.get_dataset_info("cifar10", data_dir=str(tmp_path)),
+    lambda: input_pipeline.check_data_config("cifar10", data_dir=str(tmp_path)),
+    lambda: input_pipeline.train_iterator("cifar10", data_dir=str(tmp_path), global_batch_size=8, seed=0),
+    lambda: input_pipeline.eval_iterator("cifar10", data_dir=str(tmp_path), global_batch_size=8),
+    lambda: input_pipeline.load_arrays("cifar10", data_dir=str(tmp_path)),
+  ]
+  for call in calls:
+    with pytest.raises(input_pipeline.InputError) as error:
+      call()
+    assert error.value.argument == "dataset"
+    assert 'pip install -e ".[tfds]"' in str(error.value) and "\n" not in str(error.value)
+  assert input_pipeline.get_dataset_info("digits").num_train == 1438  # in-memory data need no extra.
+
+
+@pytest.mark.timeout(120)
+def test_unprepared_data_set_fails_fast_without_tensorflow(tmp_path):
+  code = textwrap.dedent(
+    f"""
+    import sys
+    import input_pipeline
+    try:
+      input_pipeline.check_data_config("cifar10", data_dir={str(tmp_path)!r})
+    except input_pipeline.InputError as error:
+      print(error.argument)
+    assert "tensorflow" not in sys.modules, "imported TensorFlow"
+    """
+  )
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=110)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.strip() == "dataset" and result.stderr == ""
+
+
+@pytest.mark.slow
+def test_augmentation_choice_is_validated(tiny_dir, grey_dir):
+  grey = f"{testing.GREY_NAME}/small"
+  cases = [
+    (TINY, tiny_dir, "pad_crop_flip"),  # needs fixed-size images.
+    (TINY, tiny_dir, "rotate"),
+    (grey, grey_dir, "inception"),  # fused JPEG decoding, but PNGs.
+    (grey, grey_dir, "bogus"),
+  ]
+  for name, data_dir, augmentation in cases:
+    with pytest.raises(input_pipeline.InputError) as error:
+      input_pipeline.check_data_config(name, data_dir=data_dir, augmentation=augmentation)
+    assert error.value.argument == "augmentation"
+    with pytest.raises(input_pipeline.InputError):
       input_pipeline.train_iterator(
-        TINY, data_dir=tiny_dir, global_batch_size=8, seed=0, augmentation=augmentation
+        name, data_dir=data_dir, global_batch_size=8, seed=0, augmentation=augmentation
       )
+  info = input_pipeline.check_data_config(
+    grey, data_dir=grey_dir, augmentation="inception_unfused", image_size=16
+  )
+  assert info.image_shape == (16, 16, 1)
+
+
+def _grey_train(data_dir, steps, **kwargs):
+  kwargs = {"global_batch_size": 8, "seed": 0, "image_size": 16, "local_device_count": 2, **kwargs}
+  batches = input_pipeline.train_iterator(f"{testing.GREY_NAME}/small", data_dir=data_dir, **kwargs)
+  return [next(batches) for _ in range(steps)]
+
+
+def _grey_ids(images):
+  return np.rint(np.asarray(images, np.float32) * 127.5 + 127.5).astype(np.int64)[..., 0, 0, 0].ravel()
+
+
+@pytest.mark.slow
+def test_fixed_size_grey_images_are_resized_on_the_batch_and_resumable(grey_dir):
+  num_train = testing.GREY_SIZES["small"][0]
+  info = input_pipeline.get_dataset_info(f"{testing.GREY_NAME}/small", data_dir=grey_dir, image_size=16)
+  assert info == input_pipeline.DatasetInfo(f"{testing.GREY_NAME}/small", 10, (16, 16, 1), num_train, 20)
+  steps = num_train // 8  # 7 steps per epoch, 56 of the 60 examples.
+  batches = _grey_train(grey_dir, 2 * steps)
+  for batch in batches:
+    assert batch["image"].shape == (2, 4, 16, 16, 1) and batch["image"].dtype == np.float32
+    ids = _grey_ids(batch["image"])  # constant images: their value is their id, resized or not.
+    np.testing.assert_allclose(
+      batch["image"], np.broadcast_to(batch["image"][..., :1, :1, :], (2, 4, 16, 16, 1))
+    )
+    np.testing.assert_array_equal(batch["label"].ravel(), ids % 10)
+  for epoch in range(2):
+    ids = np.concatenate([_grey_ids(b["image"]) for b in batches[epoch * steps : (epoch + 1) * steps]])
+    assert len(set(ids)) == len(ids) == steps * 8 and set(ids) <= set(range(num_train))
+  for batch, resumed in zip(batches[9:], _grey_train(grey_dir, 5, start_step=9), strict=True):
+    np.testing.assert_array_equal(batch["image"], resumed["image"])
+  evaluation = list(
+    input_pipeline.eval_iterator(
+      f"{testing.GREY_NAME}/small", data_dir=grey_dir, global_batch_size=8, image_size=16
+    )
+  )
+  mask = np.concatenate([batch["mask"].ravel() for batch in evaluation])
+  images = np.concatenate([batch["image"].reshape(-1, 16, 16, 1) for batch in evaluation])
+  assert len(evaluation) == 3 and mask.sum() == 20 and np.all(images[~mask] == 0)
+  assert sorted(_grey_ids(images[mask][:, None])) == list(range(num_train, num_train + 20))

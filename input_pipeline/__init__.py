@@ -5,7 +5,6 @@ In memory, no download: "digits" (scikit-learn's 8x8 digits, the default), "mnis
 directory (`pip install -e ".[tfds]"`). `check_data_config` checks a config's data fields at load.
 """
 
-from input_pipeline.arrays import DTYPES, ArraySplits
 from input_pipeline.pipeline import (
   ARRAY_DATASETS,
   DatasetInfo,
@@ -16,22 +15,18 @@ from input_pipeline.pipeline import (
   train_iterator,
 )
 from input_pipeline.prefetch import prefetch_batches
-from input_pipeline.sharding import ProcessLayout, num_eval_batches, process_layout
+from input_pipeline.sharding import num_eval_batches
 from input_pipeline.validation import InputError
 
 __all__ = [
   "ARRAY_DATASETS",
-  "DTYPES",
-  "ArraySplits",
   "DatasetInfo",
   "InputError",
-  "ProcessLayout",
   "check_data_config",
   "eval_iterator",
   "get_dataset_info",
   "load_arrays",
   "num_eval_batches",
   "prefetch_batches",
-  "process_layout",
   "train_iterator",
 ]

@@ -1,12 +1,13 @@
-"""Batches of data sets held in memory as NumPy arrays (digits, MNIST-1D, fake data).
+"""Batches of data sets held in memory as NumPy arrays (digits, MNIST-1D), and the fake data set.
 
-Training order. Epoch `e` visits the training set in the order `π_e = default_rng([seed, e]).permutation(N)`;
+Training order: epoch `e` visits the training set in the order `π_e = default_rng([seed, e]).permutation(N)`;
 step `s` is in epoch `e = s // S` (`S = N // B`, the last incomplete batch dropped) and takes the global
-batch `π_e[(s mod S) B : (s mod S + 1) B]`, of which process `p` serves the `p`-th slice of `B / P`. The
-order is a pure function of `(seed, step)` whatever the number of processes: a restart needs no state.
-
-Evaluation. `ceil(N_eval / B)` global batches in stored order; the last is padded with zero images whose
+batch `π_e[(s mod S) B : (s mod S + 1) B]`, of which process `p` serves the `p`-th slice of `B / P`: a
+pure function of `(seed, step)` whatever the number of processes, so a restart needs no iterator state.
+Evaluation: `ceil(N_eval / B)` global batches in stored order, the last padded with zero images whose
 `mask` is False, so every process runs the same number of steps and masked metrics are exact.
+Fake data (for throughput; labels carry no signal) have ImageNet's sizes but `POOL_SIZE` distinct examples:
+example `i` is pool example `i mod POOL_SIZE`, so a batch costs a gather and a copy, like real data.
 """
 
 import itertools
@@ -20,21 +21,42 @@ from input_pipeline import sharding
 from input_pipeline.validation import InputError
 
 Batch = dict[str, np.ndarray]
-
-# Output dtypes the pipelines offer, by name (bfloat16 is ml_dtypes', the one JAX uses).
-DTYPES = {name: np.dtype(name) for name in ("float32", "float16")} | {
-  "bfloat16": np.dtype(ml_dtypes.bfloat16)
-}
+POOL_SIZE = 64
+DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 
 
 class ArraySplits(NamedTuple):
   """A data set in memory: normalised float32 images `(N, ...)`, int32 labels `(N,)`, read-only."""
 
-  train_images: Any  # np.ndarray, or fake.TiledArray.
+  train_images: Any  # np.ndarray, or TiledArray.
   train_labels: Any
   eval_images: Any
   eval_labels: Any
   num_classes: int
+
+
+class TiledArray:
+  """A read-only array of `length` rows in which row `i` is row `i mod len(pool)` of `pool`."""
+
+  def __init__(self, pool: np.ndarray, length: int):
+    self._pool, self.shape, self.dtype = pool, (length, *pool.shape[1:]), pool.dtype
+
+  def __len__(self) -> int:
+    return self.shape[0]
+
+  def __getitem__(self, indices: np.ndarray) -> np.ndarray:
+    return self._pool[np.asarray(indices) % len(self._pool)]
+
+
+def load_fake(*, image_size: int | None = None, data_dir: str | None = None, seed: int = 0) -> ArraySplits:
+  """Fake ImageNet: 1,281,167 training and 50,000 evaluation `(S, S, 3)` images (S: 224), 1,000 classes."""
+  del data_dir
+  rng = np.random.default_rng(seed)
+  images = rng.standard_normal((POOL_SIZE, image_size or 224, image_size or 224, 3), dtype=np.float32)
+  labels = rng.integers(0, 1000, POOL_SIZE).astype(np.int32)
+  images.flags.writeable = labels.flags.writeable = False
+  tiled = [TiledArray(array, length) for length in (1_281_167, 50_000) for array in (images, labels)]
+  return ArraySplits(*tiled, 1000)
 
 
 def read_only(splits: ArraySplits) -> ArraySplits:
@@ -43,12 +65,11 @@ def read_only(splits: ArraySplits) -> ArraySplits:
   return splits
 
 
-def as_dtype(dtype: str | np.dtype) -> np.dtype:
-  """The NumPy dtype named in `DTYPES` (or such a dtype itself)."""
-  key = dtype if isinstance(dtype, str) else np.dtype(dtype).name
-  if key not in DTYPES:
+def as_dtype(dtype: str) -> np.dtype:
+  """The NumPy dtype named `dtype`, a key of `DTYPES`."""
+  if dtype not in DTYPES:
     raise InputError("dtype", f"`dtype` must be one of {sorted(DTYPES)}, got {dtype!r}.")
-  return DTYPES[key]
+  return np.dtype(DTYPES[dtype])
 
 
 def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
@@ -56,17 +77,19 @@ def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
+def _shard(batch: Batch, layout: sharding.ProcessLayout) -> Batch:
+  """`(D b, ...)` arrays reshaped to `(D, b, ...)`, one slice per local device."""
+  return {key: value.reshape(layout.local_device_count, -1, *value.shape[1:]) for key, value in batch.items()}
+
+
 def train_batches(
   splits: ArraySplits, layout: sharding.ProcessLayout, *, seed: int, start_step: int, dtype: str
-) -> Iterator[Batch]:
+):
   """Endless `{"image": (D, b, ...) dtype, "label": (D, b) int32}`: this process's part of each batch."""
-  dtype, num_examples = as_dtype(dtype), len(splits.train_labels)
-  steps = num_examples // layout.global_batch_size  # the last incomplete batch is dropped.
+  steps = len(splits.train_labels) // layout.global_batch_size
   if steps < 1:
-    raise InputError(
-      "global_batch_size", f"`global_batch_size` exceeds the {num_examples} training examples."
-    )
-  return _train_batches(splits, layout, seed, start_step, dtype, steps)
+    raise InputError("global_batch_size", "`global_batch_size` exceeds the training examples.")
+  return _train_batches(splits, layout, seed, start_step, as_dtype(dtype), steps)
 
 
 def _train_batches(splits, layout, seed, start_step, dtype, steps) -> Iterator[Batch]:
@@ -76,15 +99,12 @@ def _train_batches(splits, layout, seed, start_step, dtype, steps) -> Iterator[B
     if step == start_step or position == 0:
       order = epoch_permutation(seed, epoch, len(splits.train_labels))
     indices = order[position * layout.global_batch_size + begin :][: layout.per_process_batch_size]
-    batch = {
-      "image": np.asarray(splits.train_images[indices], dtype=dtype),
-      "label": np.asarray(splits.train_labels[indices], dtype=np.int32),
-    }
-    yield sharding.shard_for_devices(batch, layout.local_device_count)
+    images, labels = splits.train_images[indices], splits.train_labels[indices]
+    yield _shard({"image": np.asarray(images, dtype), "label": np.asarray(labels, np.int32)}, layout)
 
 
 def eval_batches(splits: ArraySplits, layout: sharding.ProcessLayout, *, dtype: str) -> Iterator[Batch]:
-  """This process's part of each evaluation batch, padded, once; padding: zero image, label 0, mask False."""
+  """This process's part of each evaluation batch, once; padding: zero image, label 0, `mask` False."""
   return _eval_batches(splits, layout, as_dtype(dtype))
 
 
@@ -95,9 +115,7 @@ def _eval_batches(splits, layout, dtype) -> Iterator[Batch]:
     positions = step * layout.global_batch_size + first
     mask = positions < num_examples
     indices = np.where(mask, positions, 0)
-    images = np.asarray(splits.eval_images[indices], dtype=dtype)
+    images = np.asarray(splits.eval_images[indices], dtype)
     images[~mask] = 0
     labels = np.where(mask, splits.eval_labels[indices], 0).astype(np.int32)
-    yield sharding.shard_for_devices(
-      {"image": images, "label": labels, "mask": mask}, layout.local_device_count
-    )
+    yield _shard({"image": images, "label": labels, "mask": mask}, layout)

@@ -1,13 +1,9 @@
-"""scikit-learn's handwritten digits: 1,797 grey 8x8 images (values 0..16), 10 classes, no download.
+"""scikit-learn's handwritten digits (UCI, Alpaydin & Kaynak 1998): 1,797 grey 8x8 images, 10 classes.
 
-Split (fixed, stratified): with `r = RandomState(0).permutation(1797)` (NumPy keeps that stream frozen),
-the test split takes, for every class `c`, the first `round(0.2 n_c)` indices of class `c` in the order
-`r`: 1,438 training and 359 test images (359 is prime: evaluation padding is always exercised).
-Normalisation: `(v / 16 - μ) / σ` with the mean and standard deviation over the training pixels.
-`image_size = 8 k` repeats every pixel `k x k` times.
-
-Reference: E. Alpaydin, C. Kaynak, "Optical Recognition of Handwritten Digits", UCI, 1998.
-https://doi.org/10.24432/C50P49
+Split (fixed, stratified): with `r = RandomState(0).permutation(1797)` (a stream NumPy keeps frozen), the
+test split takes, for every class `c`, the first `round(0.2 n_c)` indices of class `c` in the order `r`:
+1,438 training and 359 test images (359 is prime: evaluation padding is always exercised). Pixels `v`
+become `(v / 16 - μ) / σ` (training-pixel mean and deviation); `image_size = 8 k` repeats each `k x k`.
 """
 
 import functools

@@ -1,11 +1,8 @@
-"""MNIST-1D, generated offline: ten classes of 1-D signals of length 40, served as `(40, 1)` float32.
+"""MNIST-1D (Greydanus & Kobak, ICML 2024), generated offline: 10 classes of `(40, 1)` float32 signals.
 
-From `mnist1d.data.make_dataset` (never `get_dataset`, which downloads) with the package's defaults but
-the number of samples (50,000: 40,000 training, 10,000 test, in the package's order, standardised by it).
+From `mnist1d.data.make_dataset` (never `get_dataset`, which downloads) with the package's defaults but the
+number of samples (50,000: 40,000 training, 10,000 test, in the package's order and standardisation).
 Generating takes about 10 s; the arrays are kept in memory, and under `<data_dir>/mnist1d/` when given.
-
-Reference: S. Greydanus, D. Kobak, "Scaling Down Deep Learning with MNIST-1D", ICML 2024.
-https://arxiv.org/abs/2011.14439
 """
 
 import functools
@@ -30,9 +27,7 @@ def load(
 ) -> arrays.ArraySplits:
   """MNIST-1D as `(N, 40, 1)` float32 signals; `num_samples` (train + test) a multiple of 10."""
   if image_size not in (None, LENGTH):
-    raise InputError(
-      "image_size", f"`image_size` must be None or {LENGTH} for 'mnist1d', got {image_size!r}."
-    )
+    raise InputError("image_size", f"`image_size` must be None or 40 for 'mnist1d', got {image_size!r}.")
   check_int(num_samples, "num_samples", minimum=NUM_CLASSES)
   if num_samples % NUM_CLASSES:
     raise InputError("num_samples", f"`num_samples` must be a multiple of {NUM_CLASSES}, got {num_samples}.")
@@ -45,11 +40,8 @@ def load(
     if path:
       os.makedirs(os.path.dirname(path), exist_ok=True)
       np.savez(path, **data)
-  x, x_test = data["x"].astype(np.float32)[..., None], data["x_test"].astype(np.float32)[..., None]
-  splits = arrays.ArraySplits(
-    x, data["y"].astype(np.int32), x_test, data["y_test"].astype(np.int32), NUM_CLASSES
-  )
-  return arrays.read_only(splits)
+  x, y, x_test, y_test = (data[key] for key in ("x", "y", "x_test", "y_test"))
+  return arrays.read_only(arrays.ArraySplits(x[..., None], y, x_test[..., None], y_test, NUM_CLASSES))
 
 
 def _generate(num_samples: int, seed: int) -> dict[str, np.ndarray]:
@@ -64,4 +56,5 @@ def _generate(num_samples: int, seed: int) -> dict[str, np.ndarray]:
   finally:
     random.setstate(python_state)
     np.random.set_state(numpy_state)  # noqa: NPY002
-  return {key: data[key] for key in ("x", "y", "x_test", "y_test")}
+  types = {"x": np.float32, "y": np.int32, "x_test": np.float32, "y_test": np.int32}
+  return {key: data[key].astype(dtype) for key, dtype in types.items()}

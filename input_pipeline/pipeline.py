@@ -1,19 +1,16 @@
-"""The public entry points: one call per need, whatever the data set.
-
-Names in `ARRAY_DATASETS` are served from memory in NumPy; any other name is a TFDS data set, opened (and
-checked) without TensorFlow, whose batches come from `tf.data` (TensorFlow is imported then).
-"""
+"""The public entry points, whatever the data set: names in `ARRAY_DATASETS` are served from memory in
+NumPy; any other is a TFDS data set, checked without TensorFlow, batched by `tf.data` (TensorFlow then)."""
 
 from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
 
-from input_pipeline import arrays, defaults, digits, fake, mnist1d, sharding, tfds_data
+from input_pipeline import arrays, defaults, digits, mnist1d, sharding, tfds_data
 from input_pipeline.validation import InputError, check_int
 
 # In-memory data sets: `load(image_size=..., data_dir=...) -> arrays.ArraySplits`.
-ARRAY_DATASETS = {"digits": digits.load, "mnist1d": mnist1d.load, "fake": fake.load}
+ARRAY_DATASETS = {"digits": digits.load, "mnist1d": mnist1d.load, "fake": arrays.load_fake}
 
 
 class DatasetInfo(NamedTuple):
@@ -48,17 +45,12 @@ def _tfds_pipeline():
 def get_dataset_info(
   name: str, *, data_dir: str | None = None, image_size: int | None = None, augmentation: str | None = None
 ) -> DatasetInfo:
-  """Sizes, classes and served example shape of a data set, its arguments checked (no TensorFlow).
+  """Sizes, classes and served example shape of a data set, its arguments checked without TensorFlow.
 
-  Args:
-    name: "digits" (scikit-learn's 8x8 digits), "mnist1d", "fake" (ImageNet-sized synthetic data), or a
-      TFDS image-classification data set ("imagenet2012", "cifar10", ...) prepared in `data_dir`.
-    data_dir: TFDS data directory (None: `$TFDS_DATA_DIR` or `~/tensorflow_datasets`); "mnist1d" caches there.
-    image_size: side of the served images (None: the stored size; 224 for Inception crops).
-    augmentation: TFDS only: a name in `tfds_data.AUGMENTATIONS` (None: the data set's default).
-
-  Raises:
-    InputError: naming the argument: unknown or unprepared data set, TFDS not installed, bad value.
+  `name`: "digits", "mnist1d", "fake", or a TFDS image-classification data set prepared in `data_dir`
+  (None: `$TFDS_DATA_DIR` or `~/tensorflow_datasets`; "mnist1d" caches there). `image_size`: side of the
+  served images (None: the stored size; 224 for Inception crops). `augmentation`: TFDS only, a name in
+  `tfds_data.AUGMENTATIONS` (None: the data set's default). Raises `InputError` naming the argument.
   """
   data = _open(name, data_dir, image_size, augmentation)
   if isinstance(data, arrays.ArraySplits):
@@ -79,10 +71,9 @@ def check_data_config(
   crop_padding: int = defaults.CROP_PADDING,
   shuffle_buffer_size: int = defaults.SHUFFLE_BUFFER_SIZE,
 ) -> DatasetInfo:
-  """Checks the data fields of a training config (same names) at load; returns the `DatasetInfo`.
+  """Checks a training config's data fields (same names) at load, without TensorFlow: its `DatasetInfo`.
 
-  Raises:
-    InputError: its `argument` is the field to fix; the message names it and what it accepts.
+  Raises `InputError`, whose `argument` is the field to fix; the message names it and what it accepts.
   """
   check_int(crop_padding, "crop_padding", minimum=0)
   check_int(shuffle_buffer_size, "shuffle_buffer_size", minimum=1)
@@ -101,26 +92,15 @@ def train_iterator(
   shuffle_buffer_size: int = defaults.SHUFFLE_BUFFER_SIZE,
   cache: bool = False,
   augmentation: str | None = None,
-  num_threads: int | None = None,
   **placement: int | None,
 ) -> Iterator[arrays.Batch]:
   """Endless training batches of this process: `{"image": (D, b, ...) dtype, "label": (D, b) int32}`.
 
-  The batch of step `s` is a pure function of `(seed, s)` (and, for TFDS data, of the process count):
-  a run restarted with `start_step=s` sees the batches it would have seen.
-
-  Args:
-    name, data_dir, image_size, augmentation: as for `get_dataset_info`.
-    global_batch_size: `B`, examples per step over all `P` processes; divisible by `P D` (`b = B / (P D)`).
-    seed: non-negative integer fixing the order and the augmentations.
-    start_step: first step to serve.
-    dtype: "float32", "bfloat16" or "float16" images.
-    shuffle_buffer_size, cache, num_threads: TFDS only: shuffle buffer (in-memory data are fully
-      permuted), keep the training records in memory after the first epoch, tf.data's thread pool size.
-    **placement: `process_index`, `process_count`, `local_device_count` (None: JAX's values).
-
-  Raises:
-    InputError: naming the argument out of range or inconsistent, here rather than at the first batch.
+  The batch of step `s` is a pure function of `(seed, s)` (for TFDS data, also of the process count): a
+  run restarted with `start_step=s` sees the batches it would have seen. `global_batch_size` (`B`, all `P`
+  processes) must divide by `P D`; `dtype` is a key of `arrays.DTYPES`; `shuffle_buffer_size` and `cache`
+  (keep the records in memory after the first epoch) are for TFDS data; `placement`: `process_index`,
+  `process_count`, `local_device_count` (None: JAX's). Others as for `get_dataset_info`. Raises `InputError`.
   """
   check_int(seed, "seed", minimum=0)
   check_int(start_step, "start_step", minimum=0)
@@ -131,7 +111,7 @@ def train_iterator(
   if isinstance(data, arrays.ArraySplits):
     return arrays.train_batches(data, layout, seed=seed, start_step=start_step, dtype=dtype)
   options = dict(seed=seed, start_step=start_step, shuffle_buffer_size=shuffle_buffer_size, cache=cache)
-  return _tfds_pipeline().train_iterator(data, layout, dtype=dtype, num_threads=num_threads, **options)
+  return _tfds_pipeline().train_iterator(data, layout, dtype=dtype, **options)
 
 
 def eval_iterator(
@@ -144,15 +124,13 @@ def eval_iterator(
   cache: bool = False,
   crop_padding: int = defaults.CROP_PADDING,
   augmentation: str | None = None,
-  num_threads: int | None = None,
   **placement: int | None,
 ) -> Iterator[arrays.Batch]:
   """Evaluation batches of this process, with a `(D, b)` bool `mask`: the split exactly once in total.
 
   Every process yields `ceil(N_eval / B)` batches; padded examples have zero images, label 0 and `mask`
-  False. Sum `mask`-weighted metrics over devices and processes and divide by the sum of `mask`.
-  Arguments as for `train_iterator`; `cache` keeps the preprocessed images after the first pass;
-  `crop_padding` (Inception crops): the centre crop keeps `S / (S + crop_padding)` of the shorter side.
+  False: sum `mask`-weighted metrics over devices and processes, divide by the sum of `mask`. `cache` keeps
+  the preprocessed images; Inception's centre crop keeps `S / (S + crop_padding)` of the shorter side.
   """
   check_int(crop_padding, "crop_padding", minimum=0)
   arrays.as_dtype(dtype)
@@ -160,19 +138,15 @@ def eval_iterator(
   data = _open(name, data_dir, image_size, augmentation)
   if isinstance(data, arrays.ArraySplits):
     return arrays.eval_batches(data, layout, dtype=dtype)
-  options = dict(dtype=dtype, num_threads=num_threads, crop_padding=crop_padding, cache=cache)
-  return _tfds_pipeline().eval_iterator(data, layout, **options)
+  return _tfds_pipeline().eval_iterator(data, layout, dtype=dtype, crop_padding=crop_padding, cache=cache)
 
 
 def load_arrays(
   name: str, *, data_dir: str | None = None, image_size: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-  """`(x_train, y_train, x_test, y_test)`: normalised float32 images, int32 labels.
-
-  For "digits", "mnist1d" and TFDS data sets of fixed-size images ("cifar10", "mnist"); not for "fake".
-  """
-  data = _open(name, data_dir, image_size, None)
-  splits = data if isinstance(data, arrays.ArraySplits) else _tfds_pipeline().load_arrays(data)
-  if not all(isinstance(array, np.ndarray) for array in splits[:4]):
-    raise InputError("dataset", f"{name!r} is generated batch by batch: use `train_iterator`.")
-  return tuple(splits[:4])
+  """`(x_train, y_train, x_test, y_test)` of "digits" or "mnist1d": float32 images, int32 labels."""
+  if name not in ("digits", "mnist1d"):
+    raise InputError(
+      "dataset", f"`load_arrays` serves 'digits' and 'mnist1d', not {name!r}: use `train_iterator`."
+    )
+  return tuple(_open(name, data_dir, image_size, None)[:4])

@@ -1,25 +1,21 @@
-"""Image preprocessing in TensorFlow: Inception crops with a fused JPEG decode, CIFAR crops, flips.
+"""Image preprocessing in TensorFlow, every random operation stateless (seeded by a `[2]` int64 tensor).
 
-Every random operation is stateless, seeded by a `[2]` int64 tensor: the augmented image is a pure
-function of (example, seed), so a restarted pipeline reproduces it.
-
-Inception (training): a window of area `a h w`, `a ~ U[0.08, 1]`, aspect ratio in [3/4, 4/3], from
-`tf.image.stateless_sample_distorted_bounding_box` (10 attempts, else the evaluation crop); only that
-window is decoded (`tf.image.decode_and_crop_jpeg`), resized to `S x S` (bicubic, clipped to [0, 255]) and
-flipped left-right with probability 1/2. The reference TF/Flax code also asks `min_object_covered=0.1`,
-which raises the lowest area to 10%; we keep the paper's 8%. Evaluation: the centre square of side
-`⌊S / (S + p) min(h, w)⌋` (`p` = crop padding: 32 keeps 224 of 256), resized to `S x S`.
-Fixed-size images: a random crop of the image zero-padded by 4 pixels, and/or a flip, at the stored size.
-Normalisation: `(x - μ_c) / σ_c` with ImageNet's statistics for RGB, `μ = σ = 127.5` otherwise.
-
-References: C. Szegedy et al., "Going Deeper with Convolutions", CVPR 2015. https://arxiv.org/abs/1409.4842
-  Flax ImageNet example. https://github.com/google/flax/tree/main/examples/imagenet
+Inception (training): a window of area `a h w`, `a ~ U[0.08, 1]`, aspect ratio in [3/4, 4/3] (10 attempts,
+else the evaluation crop), of which only that window is decoded (`tf.image.decode_and_crop_jpeg`), resized
+to `S x S` (bicubic, clipped to [0, 255]), flipped with probability 1/2 (TF/Flax's `min_object_covered=0.1`
+would raise the lowest area to 10%: we keep the paper's 8%). Evaluation: the centre square of side
+`⌊S / (S + p) min(h, w)⌋` (crop padding `p` = 32 keeps 224 of 256), resized. Fixed-size images: a random
+crop of the image zero-padded by 4 pixels and/or a flip. Normalisation: `(x - μ_c) / σ_c`, ImageNet's
+statistics for RGB, `μ = σ = 127.5` otherwise. References: Szegedy et al., "Going Deeper with
+Convolutions", CVPR 2015, https://arxiv.org/abs/1409.4842; Flax's ImageNet example.
 """
 
 import functools
 from collections.abc import Callable
 
 import tensorflow as tf
+
+from input_pipeline import defaults
 
 AREA_RANGE, ASPECT_RATIO_RANGE, MAX_ATTEMPTS, CIFAR_PADDING = (0.08, 1.0), (3 / 4, 4 / 3), 10, 4
 MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -48,9 +44,7 @@ def center_crop_window(image_shape: tf.Tensor, image_size: int, crop_padding: in
   return tf.stack([(height - side + 1) // 2, (width - side + 1) // 2, side, side])
 
 
-def random_crop_window(
-  image_shape: tf.Tensor, seed: tf.Tensor, image_size: int, crop_padding: int
-) -> tf.Tensor:
+def random_crop_window(image_shape: tf.Tensor, seed: tf.Tensor, image_size: int) -> tf.Tensor:
   """`[y, x, height, width]` of an Inception crop (the centre crop if no attempt fits)."""
   begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
     image_shape,
@@ -64,7 +58,7 @@ def random_crop_window(
   )
   whole_image = tf.reduce_all(tf.equal(size[:2], tf.cast(image_shape[:2], tf.int32)))
   window = tf.stack([begin[0], begin[1], size[0], size[1]])
-  return tf.where(whole_image, center_crop_window(image_shape, image_size, crop_padding), window)
+  return tf.where(whole_image, center_crop_window(image_shape, image_size, defaults.CROP_PADDING), window)
 
 
 def decode_and_crop(image_bytes: tf.Tensor, window_fn: Callable, channels: int, fused: bool) -> tf.Tensor:
@@ -81,12 +75,10 @@ def _resize(image: tf.Tensor, image_size: int) -> tf.Tensor:
   return tf.clip_by_value(tf.image.resize(image, [image_size, image_size], method="bicubic"), 0.0, 255.0)
 
 
-def inception_train(image_bytes, seed, image_size, crop_padding, channels, *, fused=True) -> tf.Tensor:
+def inception_train(image_bytes, seed, image_size, channels, *, fused=True) -> tf.Tensor:
   """Random-resized crop and random flip of an encoded image; float32 `(S, S, channels)`."""
   crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  window = functools.partial(
-    random_crop_window, seed=crop_seed, image_size=image_size, crop_padding=crop_padding
-  )
+  window = functools.partial(random_crop_window, seed=crop_seed, image_size=image_size)
   image = _resize(decode_and_crop(image_bytes, window, channels, fused), image_size)
   return tf.image.stateless_random_flip_left_right(image, flip_seed)
 
@@ -97,9 +89,9 @@ def inception_eval(image_bytes, image_size, crop_padding, channels, *, fused=Tru
   return _resize(decode_and_crop(image_bytes, window, channels, fused), image_size)
 
 
-def pad_crop_flip(image, seed, image_size, crop_padding, channels, *, crop=True, flip=True) -> tf.Tensor:
+def pad_crop_flip(image, seed, image_size, channels, *, crop=True, flip=True) -> tf.Tensor:
   """A random crop of the image zero-padded by 4 pixels, and a random flip (as asked), at the stored size."""
-  del image_size, crop_padding, channels
+  del image_size, channels
   crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
   if crop:
     padded = tf.pad(image, [[CIFAR_PADDING, CIFAR_PADDING], [CIFAR_PADDING, CIFAR_PADDING], [0, 0]])

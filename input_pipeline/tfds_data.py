@@ -1,8 +1,4 @@
-"""A prepared TFDS image-classification data set, opened without TensorFlow.
-
-TensorFlow Datasets reads a builder's metadata (`dataset_info.json`) without TensorFlow: checking a data
-set takes about a second; only the `tf.data` pipelines (`tfds_pipeline`) import TensorFlow.
-"""
+"""A prepared TFDS image-classification data set, opened from its metadata without importing TensorFlow."""
 
 import importlib.util
 import os
@@ -28,11 +24,7 @@ class TfdsSource(NamedTuple):
   augmentation: str
   image_size: int | None
   eval_split: str
-
-  @property
-  def image_shape(self) -> tuple[int | None, ...]:
-    """Stored shape, `(None, None, C)` for images of varying size."""
-    return tuple(self.builder.info.features[self.image_key].shape)
+  image_shape: tuple[int | None, ...]  # stored: `(None, None, C)` for images of varying size.
 
   def num_examples(self, split: str) -> int:
     if split in self.builder.info.splits:
@@ -52,31 +44,23 @@ def require_tfds(name: str) -> None:
 def _augmentation(name: str, image: Any, augmentation: str | None) -> str:
   """`augmentation` if it applies to the image feature `image` (None: the data set's default)."""
   varying, encoding = None in image.shape[:2], image.encoding_format or "png"
-  if augmentation is None and varying:
-    return "inception" if encoding == "jpeg" else "inception_unfused"
+  allowed = [a for a in AUGMENTATIONS if a in ENCODED or not varying]
+  allowed = [a for a in allowed if a != "inception" or encoding == "jpeg"]  # fused JPEG decoding.
   if augmentation is None:
-    return DEFAULT_AUGMENTATIONS.get(name, "none")
-  allowed = [
-    a for a in AUGMENTATIONS if (a in ENCODED or not varying) and (a != "inception" or encoding == "jpeg")
-  ]
+    return allowed[0] if varying else DEFAULT_AUGMENTATIONS.get(name, "none")
   if augmentation not in allowed:
-    kind = f"{'varying' if varying else 'fixed'}-size {encoding}"
-    raise InputError(
-      "augmentation",
-      f"`augmentation` for {name!r} ({kind} images) must be None or one of {allowed}, got {augmentation!r}.",
-    )
+    kind = f"{'varying' if varying else 'fixed'}-size {encoding} images"
+    message = f"`augmentation` for {name!r} ({kind}) must be None or one of {allowed}, got {augmentation!r}."
+    raise InputError("augmentation", message)
   return augmentation
 
 
 def open_source(
   name: str, data_dir: str | None, augmentation: str | None, image_size: int | None
 ) -> TfdsSource:
-  """The TFDS data set `name` ("imagenette/320px-v2") prepared in `data_dir` (None: TFDS's default).
-
-  Raises:
-    InputError: TFDS is not installed, does not know `name`, `name` has no (image, label) keys, its files
-      are not in `data_dir` (nothing is downloaded), or the augmentation does not apply to its images.
-  """
+  """The TFDS data set `name` ("imagenette/320px-v2") prepared in `data_dir` (None: TFDS's default); an
+  `InputError` if TFDS is missing, the data set unknown, not (image, label), not prepared (nothing is
+  downloaded), or the augmentation does not apply to its images."""
   require_tfds(name)
   import tensorflow_datasets as tfds  # without TensorFlow.
 
@@ -96,7 +80,8 @@ def open_source(
     raise InputError("dataset", f"{name!r} has none of the evaluation splits {EVAL_SPLITS}.")
   augmentation = _augmentation(builder.name, info.features[keys[0]], augmentation)
   size = defaults.IMAGE_SIZE if image_size is None and augmentation in ENCODED else image_size
-  return TfdsSource(builder, keys[0], keys[1], augmentation, size, eval_splits[0])
+  shape = tuple(info.features[keys[0]].shape)
+  return TfdsSource(builder, keys[0], keys[1], augmentation, size, eval_splits[0], shape)
 
 
 def not_prepared_message(builder: Any, root: str) -> str:

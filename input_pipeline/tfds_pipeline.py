@@ -1,20 +1,15 @@
 """`tf.data` pipelines over TFDS image-classification data sets (ImageNet, or any other by name).
-
-Parts. Process `p` of `P` reads only its part of each split (`tfds.split_for_jax_process`: disjoint parts
-covering the split, sizes differing by at most one).
-
-Training order. With `S = N_train // B` steps per epoch, epoch `e` of process `p` shuffles its part with a
-buffer of `shuffle_buffer_size` examples and the seed `k_e = fold_in([seed, p], e)`, keeps the first
-`S B / P` examples, and draws the augmentation of its `i`-th example from `fold_in(k_e, i)`. The stream is a
-pure function of `(seed, p, P, step)`: `start_step = s` starts at epoch `s // S` and skips the first
-`(s mod S) B / P` examples of that epoch before decoding them, so a restart needs no iterator state.
-
-Evaluation. Every process runs `ceil(N_eval / B)` steps: its part, then zero images with `mask` False.
-
-Only what must be is done per example (decoding, crops, flips); resizing fixed-size images, normalising
-and casting are done on whole batches. TensorFlow serves the host only: GPUs are hidden from it.
+Process `p` of `P` reads its part of each split (`tfds.split_for_jax_process`: disjoint, covering, sizes
+within one). Training: with `S = N_train // B` steps per epoch, epoch `e` shuffles the part (a buffer of
+`shuffle_buffer_size`, seed `k_e = fold_in([seed, p], e)`), keeps its first `S B / P` examples and augments
+the `i`-th with the seed `fold_in(k_e, i)`: a pure function of `(seed, p, P, step)`; `start_step = s` skips
+`(s mod S) B / P` examples of epoch `s // S` before decoding them, so a restart needs no iterator state.
+Evaluation: every process runs `ceil(N_eval / B)` steps, its part then zero images with `mask` False.
+Only decoding, crops and flips are done per example; resizing fixed-size images, normalising and casting
+are done on whole batches. TensorFlow serves the host only: GPUs are hidden from it.
 """
 
+import contextlib
 import os
 
 # Set before TensorFlow's first import (users may override): no INFO lines, no oneDNN notice; the
@@ -22,18 +17,13 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from input_pipeline import arrays, defaults, preprocessing, sharding, tfds_data
 
-try:
+with contextlib.suppress(RuntimeError):  # raised if TensorFlow's devices are already initialised.
   tf.config.set_visible_devices([], "GPU")
-except RuntimeError:  # TensorFlow already initialised its devices: too late to hide them.
-  pass
-
-_MAX_EPOCHS = 2**40  # the training iterator is endless.
 
 
 def read(source: tfds_data.TfdsSource, split: str, encoded: bool = False) -> tf.data.Dataset:
@@ -41,9 +31,8 @@ def read(source: tfds_data.TfdsSource, split: str, encoded: bool = False) -> tf.
   decoders = {source.image_key: tfds.decode.SkipDecoding()} if encoded else None
   config = tfds.ReadConfig(try_autocache=False, add_tfds_id=False)
   dataset = source.builder.as_dataset(split=split, shuffle_files=False, decoders=decoders, read_config=config)
-  return dataset.map(
-    lambda ex: {"image": ex[source.image_key], "label": tf.cast(ex[source.label_key], tf.int32)}
-  )
+  image_key, label_key = source.image_key, source.label_key
+  return dataset.map(lambda ex: {"image": ex[image_key], "label": tf.cast(ex[label_key], tf.int32)})
 
 
 def _batches(dataset, layout, image_size, dtype, num_threads) -> tf.data.Dataset:
@@ -59,10 +48,9 @@ def _batches(dataset, layout, image_size, dtype, num_threads) -> tf.data.Dataset
       for key, value in batch.items()
     }
 
-  options = tf.data.Options()
-  options.deterministic = True
+  options = tf.data.Options()  # deterministic, and a bounded private thread pool (default: usable CPUs).
+  options.deterministic, options.threading.max_intra_op_parallelism = True, 1
   options.threading.private_threadpool_size = num_threads or len(os.sched_getaffinity(0))
-  options.threading.max_intra_op_parallelism = 1
   dataset = dataset.batch(layout.per_process_batch_size, drop_remainder=True).map(finish, tf.data.AUTOTUNE)
   return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
 
@@ -76,18 +64,14 @@ def train_dataset(
   start_step: int = 0,
   augmentation: str = "inception",
   image_size: int | None = defaults.IMAGE_SIZE,
-  crop_padding: int = defaults.CROP_PADDING,
   channels: int = 3,
   dtype: str = "float32",
   shuffle_buffer_size: int = defaults.SHUFFLE_BUFFER_SIZE,
   cache: bool = False,
   num_threads: int | None = None,
 ) -> tf.data.Dataset:
-  """The endless training pipeline over this process's `records` (see the module docstring).
-
-  `records` are `{"image": encoded bytes or uint8, "label": int32}` in a fixed order; `cache` keeps them
-  in memory after the first epoch; `num_threads` sizes tf.data's private pool (default: usable CPUs).
-  """
+  """The endless training pipeline (module docstring) over this process's `records`, `{"image": encoded bytes
+  or uint8, "label": int32}` in a fixed order; `cache` keeps them in memory after the first epoch."""
   augment = preprocessing.AUGMENTATIONS[augmentation][0]
   batch_size = layout.per_process_batch_size
   start_epoch, start_offset = divmod(start_step, steps_per_epoch)
@@ -108,42 +92,33 @@ def train_dataset(
     )
 
   def preprocess(example_seed, example):
-    return {**example, "image": augment(example["image"], example_seed, image_size, crop_padding, channels)}
+    return {**example, "image": augment(example["image"], example_seed, image_size, channels)}
 
-  dataset = tf.data.Dataset.range(start_epoch, _MAX_EPOCHS).flat_map(epoch_examples)
+  dataset = tf.data.Dataset.range(start_epoch, 2**40).flat_map(epoch_examples)  # endless.
   dataset = dataset if augment is None else dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
   return _batches(dataset, layout, image_size, dtype, num_threads)
 
 
 def _records(source: tfds_data.TfdsSource, split: str, layout: sharding.ProcessLayout) -> tf.data.Dataset:
-  part = tfds.split_for_jax_process(
-    split, process_index=layout.process_index, process_count=layout.process_count
-  )
+  index, count = layout.process_index, layout.process_count
+  part = tfds.split_for_jax_process(split, process_index=index, process_count=count)
   return read(source, part, encoded=source.augmentation in tfds_data.ENCODED)
 
 
-def train_iterator(source: tfds_data.TfdsSource, layout, *, dtype, num_threads, **options):
+def train_iterator(source: tfds_data.TfdsSource, layout: sharding.ProcessLayout, **options):
   """NumPy batches of `train_dataset` over this process's part of the training split."""
   steps = source.num_examples(tfds_data.TRAIN_SPLIT) // layout.global_batch_size
   if steps < 1:
     raise tfds_data.InputError("global_batch_size", "`global_batch_size` exceeds the training split.")
-  records = _records(source, tfds_data.TRAIN_SPLIT, layout)
-  channels, augmentation, size = source.image_shape[-1], source.augmentation, source.image_size
-  dataset = train_dataset(
-    records,
-    layout=layout,
-    steps_per_epoch=steps,
-    augmentation=augmentation,
-    image_size=size,
-    channels=channels,
-    dtype=dtype,
-    num_threads=num_threads,
-    **options,
+  options["steps_per_epoch"] = steps
+  options.update(
+    augmentation=source.augmentation, image_size=source.image_size, channels=source.image_shape[-1]
   )
+  dataset = train_dataset(_records(source, tfds_data.TRAIN_SPLIT, layout), layout=layout, **options)
   return dataset.as_numpy_iterator()
 
 
-def eval_iterator(source: tfds_data.TfdsSource, layout, *, dtype, num_threads, crop_padding, cache):
+def eval_iterator(source: tfds_data.TfdsSource, layout, *, dtype, crop_padding, cache):
   """This process's part of the evaluation split, preprocessed, padded to `ceil(N_eval / B)` batches."""
   augment = preprocessing.AUGMENTATIONS[source.augmentation][1]
   channels, size = source.image_shape[-1], source.image_size
@@ -158,19 +133,4 @@ def eval_iterator(source: tfds_data.TfdsSource, layout, *, dtype, num_threads, c
   num_batches = sharding.num_eval_batches(source.num_examples(source.eval_split), layout.global_batch_size)
   dataset = dataset.concatenate(tf.data.Dataset.from_tensors(zeros).repeat())
   dataset = dataset.take(num_batches * layout.per_process_batch_size)
-  return _batches(dataset, layout, size, dtype, num_threads).as_numpy_iterator()
-
-
-def load_arrays(source: tfds_data.TfdsSource) -> arrays.ArraySplits:
-  """A TFDS data set of fixed-size images as normalised float32 NumPy arrays (small data sets)."""
-  if None in source.image_shape:
-    raise tfds_data.InputError("dataset", f"`load_arrays` needs fixed-size images, not {source.image_shape}.")
-
-  def load(split: str) -> tuple[np.ndarray, np.ndarray]:
-    batches = read(source, split).batch(4096).as_numpy_iterator()
-    images, labels = zip(*((batch["image"], batch["label"]) for batch in batches), strict=True)
-    images = preprocessing.normalize(np.concatenate(images), source.image_size, tf.float32).numpy()
-    return images, np.concatenate(labels)
-
-  num_classes = source.builder.info.features[source.label_key].num_classes
-  return arrays.ArraySplits(*load(tfds_data.TRAIN_SPLIT), *load(source.eval_split), num_classes)
+  return _batches(dataset, layout, size, dtype, None).as_numpy_iterator()

@@ -12,10 +12,7 @@ class InputError(ValueError):
 
 
 def check_int(value: object, argument: str, *, minimum: int, allow_none: bool = False) -> None:
-  """Raises `InputError` naming ``argument`` unless ``value`` is an int >= ``minimum`` (or allowed None).
-
-  Booleans are not integers here (``True`` is not a batch size).
-  """
+  """Raises `InputError` unless ``value`` is an int >= ``minimum`` (or allowed None); bools are not ints."""
   if allow_none and value is None:
     return
   if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:

@@ -16,7 +16,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 import input_pipeline
-from input_pipeline import arrays, digits, fake, mnist1d
+from input_pipeline import arrays, digits, mnist1d
 
 # sha256 of the digits test indices (int64, little endian) of the documented split. Changing the
 # split changes every published digits number: this must never change.
@@ -194,7 +194,7 @@ def test_bfloat16_images(indexed):
 
 
 def test_fake_data_tiles_a_pool():
-  splits = fake.load(image_size=6)
+  splits = arrays.load_fake(image_size=6)
   assert splits.train_images.shape == (1_281_167, 6, 6, 3) and len(splits.eval_labels) == 50_000
   indices = np.array([0, 64, 77, 1_281_166])
   np.testing.assert_array_equal(splits.train_images[indices], splits.train_images[indices % 64])

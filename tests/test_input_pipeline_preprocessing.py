@@ -18,7 +18,7 @@ def _texture(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 def _window(shape, seed, image_size=224):
   return preprocessing.random_crop_window(
-    tf.constant(shape, tf.int32), tf.constant(seed, tf.int64), image_size, 32
+    tf.constant(shape, tf.int32), tf.constant(seed, tf.int64), image_size
   ).numpy()
 
 
@@ -87,9 +87,9 @@ def test_inception_train_is_seeded_and_fused_matches_unfused():
   outputs = []
   for seed in range(8):
     seed = tf.constant([seed, 3], tf.int64)
-    fused = preprocessing.inception_train(encoded, seed, 32, 32, 3, fused=True).numpy()
-    np.testing.assert_array_equal(fused, preprocessing.inception_train(encoded, seed, 32, 32, 3))
-    np.testing.assert_array_equal(fused, preprocessing.inception_train(encoded, seed, 32, 32, 3, fused=False))
+    fused = preprocessing.inception_train(encoded, seed, 32, 3, fused=True).numpy()
+    np.testing.assert_array_equal(fused, preprocessing.inception_train(encoded, seed, 32, 3))
+    np.testing.assert_array_equal(fused, preprocessing.inception_train(encoded, seed, 32, 3, fused=False))
     assert fused.shape == (32, 32, 3) and fused.dtype == np.float32
     assert fused.min() >= 0 and fused.max() <= 255
     outputs.append(fused)
@@ -102,7 +102,7 @@ def test_inception_train_flips_about_half_the_time():
   pixels[:, 20:] = 255
   encoded = tf.constant(testing.encode_jpeg(pixels))
   left_brighter = [
-    preprocessing.inception_train(encoded, tf.constant([seed, 0], tf.int64), 16, 32, 3).numpy()[:, :8].mean()
+    preprocessing.inception_train(encoded, tf.constant([seed, 0], tf.int64), 16, 3).numpy()[:, :8].mean()
     > 127
     for seed in range(200)
   ]
@@ -156,7 +156,7 @@ def test_pad_crop_takes_a_window_of_the_zero_padded_image(flip):
   padded = np.pad(image.numpy(), [(4, 4), (4, 4), (0, 0)])
   offsets = set()
   for seed in range(40):
-    crop = preprocessing.pad_crop_flip(image, tf.constant([seed, 1], tf.int64), None, 0, 1, flip=flip).numpy()
+    crop = preprocessing.pad_crop_flip(image, tf.constant([seed, 1], tf.int64), None, 1, flip=flip).numpy()
     windows = [(dy, dx, f) for dy in range(9) for dx in range(9) for f in (False, True)]
     matches = [
       w for w in windows if np.array_equal(crop, _flip(padded[w[0] : w[0] + 8, w[1] : w[1] + 8], w[2]))

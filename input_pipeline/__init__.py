@@ -1,8 +1,7 @@
 """Input pipelines of lars_optax's training program: batches shaped `(local devices, per-device batch, ...)`.
 
-In memory, no download: "digits" (scikit-learn's 8x8 digits, the default), "mnist1d" (generated), "fake"
-(synthetic, for throughput). Any other name is a TFDS image-classification data set prepared in a data
-directory (`pip install -e ".[tfds]"`). `check_data_config` checks a config's data fields at load.
+In memory, no download: "digits" (the default), "mnist1d", "fake"; any other name is a TFDS image
+classification data set prepared in a data directory (`pip install -e ".[tfds]"`).
 """
 
 from input_pipeline.pipeline import (

@@ -1,13 +1,10 @@
-"""Batches of data sets held in memory as NumPy arrays (digits, MNIST-1D), and the fake data set.
-
-Training order: epoch `e` visits the training set in the order `π_e = default_rng([seed, e]).permutation(N)`;
-step `s` is in epoch `e = s // S` (`S = N // B`, the last incomplete batch dropped) and takes the global
-batch `π_e[(s mod S) B : (s mod S + 1) B]`, of which process `p` serves the `p`-th slice of `B / P`: a
-pure function of `(seed, step)` whatever the number of processes, so a restart needs no iterator state.
-Evaluation: `ceil(N_eval / B)` global batches in stored order, the last padded with zero images whose
-`mask` is False, so every process runs the same number of steps and masked metrics are exact.
-Fake data (for throughput; labels carry no signal) have ImageNet's sizes but `POOL_SIZE` distinct examples:
-example `i` is pool example `i mod POOL_SIZE`, so a batch costs a gather and a copy, like real data.
+"""Batches of data sets held in memory as NumPy arrays (digits, MNIST-1D, fake data).
+Training: epoch `e` visits the examples in the order `π_e = default_rng([seed, e]).permutation(N)`; step `s`
+(epoch `s // S`, `S = N // B`: the last incomplete batch is dropped) takes `π_e[(s mod S) B :][: B]`, and
+process `p` serves its `p`-th slice of `B / P`: a function of `(seed, step)` whatever the number of
+processes, so a restart needs no iterator state. Evaluation: `ceil(N_eval / B)` batches in stored order,
+the last padded with zero images whose `mask` is False. Fake data (ImageNet's sizes, labels without
+signal) hold `POOL_SIZE` distinct examples, `i` being `i mod POOL_SIZE`: a batch is a gather and a copy.
 """
 
 import itertools
@@ -83,13 +80,13 @@ def _shard(batch: Batch, layout: sharding.ProcessLayout) -> Batch:
 
 
 def train_batches(
-  splits: ArraySplits, layout: sharding.ProcessLayout, *, seed: int, start_step: int, dtype: str
+  splits: ArraySplits, layout: sharding.ProcessLayout, *, seed: int, start_step: int, dtype: np.dtype
 ):
   """Endless `{"image": (D, b, ...) dtype, "label": (D, b) int32}`: this process's part of each batch."""
   steps = len(splits.train_labels) // layout.global_batch_size
   if steps < 1:
     raise InputError("global_batch_size", "`global_batch_size` exceeds the training examples.")
-  return _train_batches(splits, layout, seed, start_step, as_dtype(dtype), steps)
+  return _train_batches(splits, layout, seed, start_step, dtype, steps)
 
 
 def _train_batches(splits, layout, seed, start_step, dtype, steps) -> Iterator[Batch]:
@@ -103,12 +100,8 @@ def _train_batches(splits, layout, seed, start_step, dtype, steps) -> Iterator[B
     yield _shard({"image": np.asarray(images, dtype), "label": np.asarray(labels, np.int32)}, layout)
 
 
-def eval_batches(splits: ArraySplits, layout: sharding.ProcessLayout, *, dtype: str) -> Iterator[Batch]:
+def eval_batches(splits: ArraySplits, layout: sharding.ProcessLayout, *, dtype: np.dtype) -> Iterator[Batch]:
   """This process's part of each evaluation batch, once; padding: zero image, label 0, `mask` False."""
-  return _eval_batches(splits, layout, as_dtype(dtype))
-
-
-def _eval_batches(splits, layout, dtype) -> Iterator[Batch]:
   num_examples = len(splits.eval_labels)
   first = layout.process_index * layout.per_process_batch_size + np.arange(layout.per_process_batch_size)
   for step in range(sharding.num_eval_batches(num_examples, layout.global_batch_size)):

@@ -1,5 +1,4 @@
 """MNIST-1D (Greydanus & Kobak, ICML 2024), generated offline: 10 classes of `(40, 1)` float32 signals.
-
 From `mnist1d.data.make_dataset` (never `get_dataset`, which downloads) with the package's defaults but the
 number of samples (50,000: 40,000 training, 10,000 test, in the package's order and standardisation).
 Generating takes about 10 s; the arrays are kept in memory, and under `<data_dir>/mnist1d/` when given.

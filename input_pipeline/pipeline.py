@@ -1,6 +1,7 @@
 """The public entry points, whatever the data set: names in `ARRAY_DATASETS` are served from memory in
 NumPy; any other is a TFDS data set, checked without TensorFlow, batched by `tf.data` (TensorFlow then)."""
 
+import importlib
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -27,7 +28,8 @@ def _open(name: str, data_dir: str | None, image_size: int | None, augmentation:
   """The in-memory `arrays.ArraySplits` or the `tfds_data.TfdsSource` of `name`, arguments checked."""
   if not isinstance(name, str):
     raise InputError("dataset", f"`dataset` must be a string, got {type(name).__name__}.")
-  check_int(image_size, "image_size", minimum=1, allow_none=True)
+  if image_size is not None:
+    check_int(image_size, "image_size", minimum=1)
   if name not in ARRAY_DATASETS:
     return tfds_data.open_source(name, data_dir, augmentation, image_size)
   if augmentation not in (None, "none"):
@@ -36,21 +38,14 @@ def _open(name: str, data_dir: str | None, image_size: int | None, augmentation:
   return ARRAY_DATASETS[name](image_size=image_size, data_dir=data_dir)
 
 
-def _tfds_pipeline():
-  from input_pipeline import tfds_pipeline  # imports TensorFlow: only for TFDS data sets.
-
-  return tfds_pipeline
-
-
 def get_dataset_info(
   name: str, *, data_dir: str | None = None, image_size: int | None = None, augmentation: str | None = None
 ) -> DatasetInfo:
   """Sizes, classes and served example shape of a data set, its arguments checked without TensorFlow.
 
-  `name`: "digits", "mnist1d", "fake", or a TFDS image-classification data set prepared in `data_dir`
-  (None: `$TFDS_DATA_DIR` or `~/tensorflow_datasets`; "mnist1d" caches there). `image_size`: side of the
-  served images (None: the stored size; 224 for Inception crops). `augmentation`: TFDS only, a name in
-  `tfds_data.AUGMENTATIONS` (None: the data set's default). Raises `InputError` naming the argument.
+  `name`: "digits", "mnist1d", "fake", or a TFDS data set prepared in `data_dir` (None: `$TFDS_DATA_DIR`
+  or `~/tensorflow_datasets`). `image_size`: side of the served images (None: stored; 224 for Inception
+  crops). `augmentation`: TFDS only, in `tfds_data.AUGMENTATIONS` (None: the data set's default).
   """
   data = _open(name, data_dir, image_size, augmentation)
   if isinstance(data, arrays.ArraySplits):
@@ -96,22 +91,22 @@ def train_iterator(
 ) -> Iterator[arrays.Batch]:
   """Endless training batches of this process: `{"image": (D, b, ...) dtype, "label": (D, b) int32}`.
 
-  The batch of step `s` is a pure function of `(seed, s)` (for TFDS data, also of the process count): a
-  run restarted with `start_step=s` sees the batches it would have seen. `global_batch_size` (`B`, all `P`
-  processes) must divide by `P D`; `dtype` is a key of `arrays.DTYPES`; `shuffle_buffer_size` and `cache`
-  (keep the records in memory after the first epoch) are for TFDS data; `placement`: `process_index`,
-  `process_count`, `local_device_count` (None: JAX's). Others as for `get_dataset_info`. Raises `InputError`.
+  Step `s`'s batch is a function of `(seed, s)` (for TFDS data, also of the process count), so a restart at
+  `start_step=s` sees what the run would have seen. `global_batch_size` (`B`) must divide by `P D`; `dtype`:
+  a key of `arrays.DTYPES`; `shuffle_buffer_size`, `cache` (keep the records after the first epoch): TFDS
+  only; `placement`: `process_index`, `process_count`, `local_device_count` (None: JAX's).
   """
   check_int(seed, "seed", minimum=0)
   check_int(start_step, "start_step", minimum=0)
   check_int(shuffle_buffer_size, "shuffle_buffer_size", minimum=1)
-  arrays.as_dtype(dtype)
+  np_dtype = arrays.as_dtype(dtype)
   layout = sharding.process_layout(global_batch_size, **placement)
   data = _open(name, data_dir, image_size, augmentation)
   if isinstance(data, arrays.ArraySplits):
-    return arrays.train_batches(data, layout, seed=seed, start_step=start_step, dtype=dtype)
+    return arrays.train_batches(data, layout, seed=seed, start_step=start_step, dtype=np_dtype)
   options = dict(seed=seed, start_step=start_step, shuffle_buffer_size=shuffle_buffer_size, cache=cache)
-  return _tfds_pipeline().train_iterator(data, layout, dtype=dtype, **options)
+  tfds_pipeline = importlib.import_module("input_pipeline.tfds_pipeline")  # imports TensorFlow.
+  return tfds_pipeline.train_iterator(data, layout, dtype=dtype, **options)
 
 
 def eval_iterator(
@@ -133,12 +128,13 @@ def eval_iterator(
   the preprocessed images; Inception's centre crop keeps `S / (S + crop_padding)` of the shorter side.
   """
   check_int(crop_padding, "crop_padding", minimum=0)
-  arrays.as_dtype(dtype)
+  np_dtype = arrays.as_dtype(dtype)
   layout = sharding.process_layout(global_batch_size, **placement)
   data = _open(name, data_dir, image_size, augmentation)
   if isinstance(data, arrays.ArraySplits):
-    return arrays.eval_batches(data, layout, dtype=dtype)
-  return _tfds_pipeline().eval_iterator(data, layout, dtype=dtype, crop_padding=crop_padding, cache=cache)
+    return arrays.eval_batches(data, layout, dtype=np_dtype)
+  tfds_pipeline = importlib.import_module("input_pipeline.tfds_pipeline")  # imports TensorFlow.
+  return tfds_pipeline.eval_iterator(data, layout, dtype=dtype, crop_padding=crop_padding, cache=cache)
 
 
 def load_arrays(
@@ -146,7 +142,5 @@ def load_arrays(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
   """`(x_train, y_train, x_test, y_test)` of "digits" or "mnist1d": float32 images, int32 labels."""
   if name not in ("digits", "mnist1d"):
-    raise InputError(
-      "dataset", f"`load_arrays` serves 'digits' and 'mnist1d', not {name!r}: use `train_iterator`."
-    )
+    raise InputError("dataset", f"`load_arrays` serves 'digits' and 'mnist1d' only, not {name!r}.")
   return tuple(_open(name, data_dir, image_size, None)[:4])

@@ -1,5 +1,4 @@
 """Image preprocessing in TensorFlow, every random operation stateless (seeded by a `[2]` int64 tensor).
-
 Inception (training): a window of area `a h w`, `a ~ U[0.08, 1]`, aspect ratio in [3/4, 4/3] (10 attempts,
 else the evaluation crop), of which only that window is decoded (`tf.image.decode_and_crop_jpeg`), resized
 to `S x S` (bicubic, clipped to [0, 255]), flipped with probability 1/2 (TF/Flax's `min_object_covered=0.1`
@@ -18,13 +17,7 @@ import tensorflow as tf
 from input_pipeline import defaults
 
 AREA_RANGE, ASPECT_RATIO_RANGE, MAX_ATTEMPTS, CIFAR_PADDING = (0.08, 1.0), (3 / 4, 4 / 3), 10, 4
-MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
-
-
-def normalization(num_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-  """Per-channel `(mean, stddev)` on the 0..255 scale."""
-  return (MEAN_RGB, STDDEV_RGB) if num_channels == 3 else ((127.5,) * num_channels,) * 2
+MEAN_RGB, STDDEV_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 
 def normalize(images: tf.Tensor, image_size: int | None, dtype: tf.DType) -> tf.Tensor:
@@ -32,7 +25,7 @@ def normalize(images: tf.Tensor, image_size: int | None, dtype: tf.DType) -> tf.
   images = tf.cast(images, tf.float32)
   if image_size is not None and tuple(images.shape[-3:-1]) != (image_size, image_size):
     images = tf.image.resize(images, [image_size, image_size])
-  mean, stddev = normalization(images.shape[-1])
+  mean, stddev = (MEAN_RGB, STDDEV_RGB) if images.shape[-1] == 3 else (127.5, 127.5)
   return tf.cast((images - tf.constant(mean)) / tf.constant(stddev), dtype)
 
 
@@ -103,10 +96,7 @@ def pad_crop_flip(image, seed, image_size, channels, *, crop=True, flip=True) ->
 # per example (fixed-size images are resized and normalised by the batch, `normalize`).
 AUGMENTATIONS = {
   "inception": (inception_train, inception_eval),
-  "inception_unfused": (
-    functools.partial(inception_train, fused=False),
-    functools.partial(inception_eval, fused=False),
-  ),
+  "inception_unfused": tuple(functools.partial(fn, fused=False) for fn in (inception_train, inception_eval)),
   "pad_crop_flip": (pad_crop_flip, None),
   "pad_crop": (functools.partial(pad_crop_flip, flip=False), None),
   "none": (None, None),

@@ -38,12 +38,11 @@ def process_layout(
     check_int(value, argument, minimum=0 if argument == "process_index" else 1)
   if layout.process_index >= layout.process_count:
     raise InputError("process_index", f"`process_index` must be < process_count={layout.process_count}.")
-  shards = layout.process_count * layout.local_device_count
-  if global_batch_size % shards:
+  if global_batch_size % (shards := layout.process_count * layout.local_device_count):
     message = (
-      f"`global_batch_size`={global_batch_size} must be divisible by process_count * local_device_count"
+      f"`global_batch_size`={global_batch_size} must be divisible by the {shards} devices of all processes."
     )
-    raise InputError("global_batch_size", f"{message} = {shards}.")
+    raise InputError("global_batch_size", message)
   return layout
 
 

@@ -1,12 +1,11 @@
-"""`tf.data` pipelines over TFDS image-classification data sets (ImageNet, or any other by name).
-Process `p` of `P` reads its part of each split (`tfds.split_for_jax_process`: disjoint, covering, sizes
-within one). Training: with `S = N_train // B` steps per epoch, epoch `e` shuffles the part (a buffer of
-`shuffle_buffer_size`, seed `k_e = fold_in([seed, p], e)`), keeps its first `S B / P` examples and augments
-the `i`-th with the seed `fold_in(k_e, i)`: a pure function of `(seed, p, P, step)`; `start_step = s` skips
-`(s mod S) B / P` examples of epoch `s // S` before decoding them, so a restart needs no iterator state.
-Evaluation: every process runs `ceil(N_eval / B)` steps, its part then zero images with `mask` False.
-Only decoding, crops and flips are done per example; resizing fixed-size images, normalising and casting
-are done on whole batches. TensorFlow serves the host only: GPUs are hidden from it.
+"""`tf.data` pipelines over TFDS image-classification data sets. Process `p` of `P` reads its part of each
+split (`tfds.split_for_jax_process`: disjoint, covering, sizes within one). Training: with `S = N_train // B`
+steps per epoch, epoch `e` shuffles the part (`shuffle_buffer_size`, seed `k_e = fold_in([seed, p], e)`),
+keeps its first `S B / P` examples and augments the `i`-th with the seed `fold_in(k_e, i)`: a function of
+`(seed, p, P, step)`; `start_step = s` skips `(s mod S) B / P` examples of epoch `s // S` before decoding
+them: a restart needs no iterator state. Evaluation: `ceil(N_eval / B)` steps on every process, its part
+then zero images with `mask` False. Only decoding, crops and flips are per example; resizing fixed-size
+images, normalising and casting are per batch. TensorFlow serves the host only: GPUs are hidden from it.
 """
 
 import contextlib
@@ -42,11 +41,8 @@ def _batches(dataset, layout, image_size, dtype, num_threads) -> tf.data.Dataset
     image = preprocessing.normalize(batch["image"], image_size, tf.as_dtype(arrays.as_dtype(dtype).name))
     if "mask" in batch:
       image = tf.where(tf.reshape(batch["mask"], [-1, 1, 1, 1]), image, tf.zeros_like(image))
-    batch = {**batch, "image": image}
-    return {
-      key: tf.reshape(value, [layout.local_device_count, -1, *value.shape[1:]])
-      for key, value in batch.items()
-    }
+    batch, devices = {**batch, "image": image}, layout.local_device_count
+    return {key: tf.reshape(value, [devices, -1, *value.shape[1:]]) for key, value in batch.items()}
 
   options = tf.data.Options()  # deterministic, and a bounded private thread pool (default: usable CPUs).
   options.deterministic, options.threading.max_intra_op_parallelism = True, 1
@@ -110,10 +106,8 @@ def train_iterator(source: tfds_data.TfdsSource, layout: sharding.ProcessLayout,
   steps = source.num_examples(tfds_data.TRAIN_SPLIT) // layout.global_batch_size
   if steps < 1:
     raise tfds_data.InputError("global_batch_size", "`global_batch_size` exceeds the training split.")
-  options["steps_per_epoch"] = steps
-  options.update(
-    augmentation=source.augmentation, image_size=source.image_size, channels=source.image_shape[-1]
-  )
+  channels, augmentation, size = source.image_shape[-1], source.augmentation, source.image_size
+  options.update(steps_per_epoch=steps, augmentation=augmentation, image_size=size, channels=channels)
   dataset = train_dataset(_records(source, tfds_data.TRAIN_SPLIT, layout), layout=layout, **options)
   return dataset.as_numpy_iterator()
 

@@ -11,10 +11,7 @@ class InputError(ValueError):
     self.argument = argument
 
 
-def check_int(value: object, argument: str, *, minimum: int, allow_none: bool = False) -> None:
-  """Raises `InputError` unless ``value`` is an int >= ``minimum`` (or allowed None); bools are not ints."""
-  if allow_none and value is None:
-    return
+def check_int(value: object, argument: str, *, minimum: int) -> None:
+  """Raises `InputError` naming ``argument`` unless ``value`` is an int >= ``minimum`` (not a bool)."""
   if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-    allowed = f"an integer >= {minimum}" + (" or None" if allow_none else "")
-    raise InputError(argument, f"`{argument}` must be {allowed}, got {value!r}.")
+    raise InputError(argument, f"`{argument}` must be an integer >= {minimum}, got {value!r}.")

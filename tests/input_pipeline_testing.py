@@ -83,7 +83,7 @@ def build(data_dir: str) -> None:
 
 def channel_values(images: np.ndarray) -> np.ndarray:
   """Mean 0..255 value of every channel of every normalised RGB image, `(..., 3)`."""
-  mean, stddev = preprocessing.normalization(3)
+  mean, stddev = preprocessing.MEAN_RGB, preprocessing.STDDEV_RGB
   means = np.asarray(images, np.float32).mean(axis=(-3, -2))
   return means * np.asarray(stddev) + np.asarray(mean)
 

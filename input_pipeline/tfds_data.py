@@ -72,7 +72,7 @@ def open_source(
     raise InputError("dataset", f"{name!r} is not an image classification data set (supervised keys {keys}).")
   # tfds.testing.mock_data records no splits either, but points the builder away from `data_dir`.
   root = os.path.expanduser(data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
-  if not info.splits and builder.data_dir.startswith(root):
+  if not info.splits and os.path.realpath(builder.data_dir).startswith(os.path.realpath(root)):
     raise InputError("dataset", not_prepared_message(builder, root))
   eval_splits = [split for split in EVAL_SPLITS if split in info.splits or not info.splits]
   if not eval_splits:

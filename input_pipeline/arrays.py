@@ -81,7 +81,7 @@ def _shard(batch: Batch, layout: sharding.ProcessLayout) -> Batch:
 
 def train_batches(
   splits: ArraySplits, layout: sharding.ProcessLayout, *, seed: int, start_step: int, dtype: np.dtype
-):
+) -> Iterator[Batch]:
   """Endless `{"image": (D, b, ...) dtype, "label": (D, b) int32}`: this process's part of each batch."""
   steps = len(splits.train_labels) // layout.global_batch_size
   if steps < 1:

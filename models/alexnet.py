@@ -24,7 +24,15 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from models.layers import LocalResponseNorm
+from models.layers import (
+  NON_NEGATIVE,
+  POSITIVE,
+  POSITIVE_ODD,
+  UNIT_INTERVAL,
+  CheckedModule,
+  LocalResponseNorm,
+  Ranges,
+)
 
 # He et al. (2015) fan-in scaling: every hidden layer is followed by a ReLU.
 _RELU_INIT = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
@@ -79,7 +87,7 @@ ALEXNET1D_LAYERS = (
 )
 
 
-class _AlexNetBase(nn.Module):
+class _AlexNetBase(CheckedModule):
   """Convolutions, hidden dense layers with dropout, then a linear classifier.
 
   Layers are named as in Caffe (``conv1`` ... ``conv5``, ``fc6``, ``fc7``, ``fc8`` for AlexNet), so
@@ -110,6 +118,7 @@ class _AlexNetBase(nn.Module):
 
   # Whether convolutions and hidden dense layers carry their own bias.
   use_bias: ClassVar[bool] = True
+  FIELD_RANGES: ClassVar[Ranges] = {"num_classes": POSITIVE, "dropout_rate": UNIT_INTERVAL}
 
   def normalize_and_activate(self, x: jax.Array, index: int, lrn: bool, train: bool) -> jax.Array:
     """Normalises and rectifies the output of layer ``index`` (1-based)."""
@@ -179,6 +188,14 @@ class AlexNet(_AlexNetBase):
   lrn_beta: float = 0.75
   lrn_k: float = 1.0
 
+  FIELD_RANGES: ClassVar[Ranges] = {
+    **_AlexNetBase.FIELD_RANGES,
+    "lrn_size": POSITIVE_ODD,
+    "lrn_alpha": NON_NEGATIVE,
+    "lrn_beta": NON_NEGATIVE,
+    "lrn_k": POSITIVE,
+  }
+
   def normalize_and_activate(self, x: jax.Array, index: int, lrn: bool, train: bool) -> jax.Array:
     """ReLU, then LRN where the layer asks for it."""
     del train  # LRN behaves the same in training and evaluation.
@@ -218,6 +235,11 @@ class AlexNetBN(_AlexNetBase):
   bn_epsilon: float = 1e-5
 
   use_bias: ClassVar[bool] = False
+  FIELD_RANGES: ClassVar[Ranges] = {
+    **_AlexNetBase.FIELD_RANGES,
+    "bn_momentum": UNIT_INTERVAL,
+    "bn_epsilon": POSITIVE,
+  }
 
   def normalize_and_activate(self, x: jax.Array, index: int, lrn: bool, train: bool) -> jax.Array:
     """Batch norm, then ReLU (``lrn`` is ignored: BN takes its place)."""

@@ -1,6 +1,8 @@
-"""Layers shared by the model families: Caffe-style local response normalisation."""
+"""Layers shared by the model families: Caffe-style local response normalisation, checked fields."""
 
-from typing import Any
+import numbers
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -56,3 +58,34 @@ class LocalResponseNorm(nn.Module):
     sum_sq = jax.lax.reduce_window(x32 * x32, 0.0, jax.lax.add, window, (1,) * x.ndim, padding)
     y = x32 / (self.k + (self.alpha / self.size) * sum_sq) ** self.beta
     return jnp.asarray(y, self.dtype or x.dtype)
+
+
+# A numeric field's valid range: (test, wording). Models list theirs in ``FIELD_RANGES``.
+Ranges = Mapping[str, tuple[Callable[[Any], bool], str]]
+UNIT_INTERVAL = (lambda value: 0 <= value < 1, "in [0, 1)")
+POSITIVE = (lambda value: value > 0, "> 0")
+NON_NEGATIVE = (lambda value: value >= 0, ">= 0")
+POSITIVE_ODD = (lambda value: value > 0 and value % 2 == 1, "a positive odd number")
+
+
+class CheckedModule(nn.Module):
+  """A module whose numeric fields are checked against ``FIELD_RANGES`` when it is built.
+
+  A field out of range raises ``ValueError`` (``TypeError`` for a value that is not a number) whose
+  ``argument`` attribute is the field's name, so that a caller can say which setting to fix.
+  """
+
+  FIELD_RANGES: ClassVar[Ranges] = {}
+
+  def __post_init__(self) -> None:
+    for name, (test, wording) in self.FIELD_RANGES.items():
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        error: Exception = TypeError(f"{name} must be a number {wording}, got {value!r}.")
+      elif not test(value):
+        error = ValueError(f"{name} must be {wording}, got {value!r}.")
+      else:
+        continue
+      error.argument = name  # type: ignore[attr-defined]
+      raise error
+    super().__post_init__()

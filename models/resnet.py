@@ -14,11 +14,13 @@ paper's parameter-free option-A shortcuts would give 269,722).
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+
+from models import layers
 
 ModuleDef = Any
 
@@ -108,7 +110,7 @@ class ImageNetStem(CifarStem):
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
 
 
-class ResNet(nn.Module):
+class ResNet(layers.CheckedModule):
   """Residual network: a stem, stages of residual blocks, global average pooling, a dense layer.
 
   Stage i has ``stage_sizes[i]`` blocks of width ``num_filters * 2**i``; the first block of every
@@ -150,6 +152,13 @@ class ResNet(nn.Module):
   bn_epsilon: float = 1e-5
   zero_init_residual: bool = True
   act: Callable[[jax.Array], jax.Array] = nn.relu
+
+  FIELD_RANGES: ClassVar[layers.Ranges] = {
+    "num_classes": layers.POSITIVE,
+    "num_filters": layers.POSITIVE,
+    "bn_momentum": layers.UNIT_INTERVAL,
+    "bn_epsilon": layers.POSITIVE,
+  }
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:

@@ -1,5 +1,7 @@
 """Models by name, so that a config can say ``model="resnet50"``."""
 
+import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -54,3 +56,16 @@ def get_model(name: str, **kwargs: Any) -> nn.Module:
   if name not in MODELS:
     raise ValueError(f"name must be one of {sorted(MODELS)}, got {name!r}.")
   return MODELS[name](**kwargs)
+
+
+# Fields a training program derives from the data set and the devices rather than from a config.
+DERIVED_FIELDS = ("num_classes", "dtype", "axis_name")
+
+
+def settable_fields(name: str) -> list[str]:
+  """The fields of model ``name`` a config may set: the module's, less `DERIVED_FIELDS`."""
+  builder = MODELS[name]
+  while isinstance(builder, functools.partial):
+    builder = builder.func
+  names = {field.name for field in dataclasses.fields(builder)}  # type: ignore[arg-type]
+  return sorted(names - set(DERIVED_FIELDS) - {"parent", "name"})

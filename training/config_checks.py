@@ -1,109 +1,59 @@
-"""Config validation, run at start before anything is compiled or written.
+"""Config checks at start, before anything is compiled or written: each `ConfigError` names the field.
 
-A mistake in a config (an unknown name, a batch that does not split over the devices) must cost
-seconds, not the minutes of a compile on a TPU pod, and must say which field to fix: every check raises
-`training.errors.ConfigError` naming the ``config.<field>``. The optimizer and schedule
-hyperparameters are not re-checked here: `lars_optax` validates them when they are passed to it (at
-check time, see `check_optimizer` and `training.plan.make_plan`), and `library_errors` turns its
-``ValueError``/``TypeError``, which name the library's argument, into a ``ConfigError`` naming the
-config field.
+Fields only the training program reads are checked here, against their ranges: counts must fit the
+int32 step counter, hyperparameters float32. What `lars_optax` and the models take is checked by them
+when `training.plan` builds the run; `library_errors` names the field behind the failing argument.
 """
 
 import contextlib
-import dataclasses
 import difflib
-import functools
 import numbers
-import re
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Collection, Iterator
 
 import ml_collections
+import numpy as np
 
 import input_pipeline
-import lars_optax
 import models
 from training import optimizers, steps
 from training.errors import ConfigError
 
-# Fields every run needs; a recipe (training/recipes.py) may fill them where a config leaves None.
-_REQUIRED = (
-  "learning_rate",
-  "warmup_epochs",
-  "num_epochs",
-  "momentum",
-  "weight_decay",
-  "end_learning_rate",
-  "lr_decay_power",
-  "label_smoothing",
-)
+_I32, _F32 = int(np.iinfo(np.int32).max), float(np.finfo(np.float32).max)
 
-# Fields derived from the data set and the devices, which `model_kwargs` must not set.
-_DERIVED_MODEL_FIELDS = ("num_classes", "dtype", "axis_name")
-
-
-def _is_int(value) -> bool:
-  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _positive_int(value) -> bool:
-  return _is_int(value) and value > 0
-
-
-# (field, test, what the field must be): the fields no library call checks.
-_RULES: tuple[tuple[str, Callable[[object], bool], str], ...] = (
-  ("batch_size", _positive_int, "a positive integer"),
-  ("grad_accum_steps", _positive_int, "a positive integer"),
-  ("eval_batch_size", lambda v: v is None or _positive_int(v), "None or a positive integer"),
-  ("base_batch_size", _positive_int, "a positive integer"),
-  (
-    "label_smoothing",
-    lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and 0 <= v < 1,
-    "in [0, 1)",
-  ),
-  ("seed", lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
-  ("num_train_steps", lambda v: _is_int(v) and (v == -1 or v > 0), "-1 or a positive integer"),
-  ("log_every_steps", _positive_int, "a positive integer"),
-  ("eval_every_steps", lambda v: _is_int(v) and v >= -1, "-1, 0 or a positive integer"),
-  ("steps_per_eval", lambda v: _is_int(v) and v >= -1, "-1, 0 or a positive integer"),
-  ("diagnostics_every_steps", lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
-  ("checkpoint_every_steps", lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
-  ("keep_checkpoints", _positive_int, "a positive integer"),
-  ("max_consecutive_skips", lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
-  ("shuffle_buffer_size", _positive_int, "a positive integer"),
-  ("prefetch_batches", _positive_int, "a positive integer"),
-  ("preemption_sync_every_steps", _positive_int, "a positive integer"),
-)
-
-# (field, registry): the field must name an entry of the registry.
-_NAMES = (
-  ("model", models.MODELS),
-  ("optimizer", optimizers.OPTIMIZERS),
-  ("lr_scaling", optimizers.LR_SCALING),
-  ("lars_mask", optimizers.LARS_MASKS),
-  ("parallelism", steps.PARALLELISM),
-)
-
-# The config field behind each argument name that lars_optax's error messages use.
-_LIBRARY_ARGUMENTS = {
-  "learning_rate": "learning_rate",
-  "base_learning_rate": "learning_rate",
-  "peak_value": "learning_rate",
-  "momentum": "momentum",
-  "nesterov": "nesterov",
-  "weight_decay": "weight_decay",
-  "trust_coefficient": "trust_coefficient",
-  "eps": "lars_eps",
-  "trust_clip": "optimizer",
-  "end_value": "end_learning_rate",
-  "power": "lr_decay_power",
-  "batch_size": "batch_size",
-  "base_batch_size": "base_batch_size",
-  "num_epochs": "num_epochs",
-  "total_steps": "num_epochs",
-  "warmup_epochs": "warmup_epochs",
-  "warmup_steps": "warmup_epochs",
+# field: (lowest, highest) integer; a value in `_SENTINELS` is also allowed.
+_INT_RANGES = {
+  **dict.fromkeys(("batch_size", "grad_accum_steps", "base_batch_size", "eval_batch_size"), (1, _I32)),
+  **dict.fromkeys(("log_every_steps", "keep_checkpoints", "num_train_steps", "prefetch_batches"), (1, _I32)),
+  **dict.fromkeys(("shuffle_buffer_size", "preemption_sync_every_steps"), (1, _I32)),
+  **dict.fromkeys(("diagnostics_every_steps", "checkpoint_every_steps", "eval_every_steps"), (0, _I32)),
+  **dict.fromkeys(("steps_per_eval", "max_consecutive_skips", "crop_padding", "seed"), (0, _I32)),
 }
-_ARGUMENT_PATTERN = re.compile(r"\b(" + "|".join(sorted(_LIBRARY_ARGUMENTS, key=len, reverse=True)) + r")\b")
+_SENTINELS = {"eval_batch_size": None, "num_train_steps": -1, "eval_every_steps": -1, "steps_per_eval": -1}
+
+# field: (lowest, highest) real number, highest excluded; all must be given (not None).
+_FLOAT_RANGES = {
+  **dict.fromkeys(("learning_rate", "end_learning_rate", "weight_decay", "trust_coefficient"), (0, _F32)),
+  **dict.fromkeys(("lars_eps", "lr_decay_power", "warmup_epochs", "num_epochs"), (0, _F32)),
+  **dict.fromkeys(("momentum", "label_smoothing"), (0, 1)),
+}
+
+_NAMES = {
+  "model": models.MODELS,
+  "optimizer": optimizers.OPTIMIZERS,
+  "lr_scaling": optimizers.LR_SCALING,
+  "lars_mask": optimizers.MASKS,
+  "weight_decay_mask": {None: None, **optimizers.MASKS},
+  "parallelism": steps.PARALLELISM,
+}
+
+# The config field behind each `lars_optax` argument (an error's ``argument`` attribute).
+_FIELD_OF_ARGUMENT = {
+  **{name: name for name in ("learning_rate", "momentum", "nesterov", "weight_decay", "trust_coefficient")},
+  **{name: name for name in ("batch_size", "base_batch_size", "num_epochs", "warmup_epochs")},
+  **{"peak_value": "learning_rate", "base_learning_rate": "learning_rate", "eps": "lars_eps"},
+  **{"end_value": "end_learning_rate", "power": "lr_decay_power", "total_steps": "num_epochs"},
+  **{"warmup_steps": "warmup_epochs", "mask": "lars_mask", "weight_decay_mask": "weight_decay_mask"},
+}
 
 
 def did_you_mean(value: object, choices: Collection[str]) -> str:
@@ -113,42 +63,57 @@ def did_you_mean(value: object, choices: Collection[str]) -> str:
 
 
 @contextlib.contextmanager
-def library_errors(config: ml_collections.ConfigDict) -> Iterator[None]:
-  """Turns a lars_optax ``ValueError``/``TypeError`` about one of its arguments into a `ConfigError`.
+def library_errors(config: ml_collections.ConfigDict, note: str = "") -> Iterator[None]:
+  """Turns a ``ValueError``/``TypeError`` about a library or model argument into a `ConfigError`.
 
-  The message names the config field that fed the argument, e.g. ``config.momentum=1.5: momentum must
-  be in [0, 1), got 1.5.``; an error naming no known argument is a bug and propagates unchanged.
+  The field is found by the error's ``argument`` attribute (the parameter's name), never by its text; an
+  error without one is a bug and propagates unchanged.
   """
   try:
     yield
-  except ConfigError:
-    raise
   except (ValueError, TypeError) as error:
-    match = _ARGUMENT_PATTERN.search(str(error))
-    if match is None:
+    argument = getattr(error, "argument", None)
+    if argument in model_kwargs(config):
+      field, value = f"model_kwargs.{argument}", config.model_kwargs[argument]
+    elif argument in _FIELD_OF_ARGUMENT:
+      field = _FIELD_OF_ARGUMENT[argument]
+      value = config[field]
+    else:
       raise
-    field = _LIBRARY_ARGUMENTS[match.group(1)]
-    raise ConfigError(f"config.{field}={config[field]!r}: {error}") from None
+    raise ConfigError(f"config.{field}={value!r}: {error}{note}") from None
 
 
-def check_optimizer(config: ml_collections.ConfigDict) -> None:
-  """Lets `lars_optax.lars` validate the optimizer hyperparameters of ``config``.
+def _check_ranges(config: ml_collections.ConfigDict) -> None:
+  for field, (low, high) in _INT_RANGES.items():
+    value = config[field]
+    if field in _SENTINELS and value == _SENTINELS[field] and not isinstance(value, bool):
+      continue
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
+      also = f" or {_SENTINELS[field]}" if field in _SENTINELS else ""
+      raise ConfigError(f"config.{field} must be an integer in [{low}, {high}]{also}, got {value!r}.")
+  for field, (low, high) in _FLOAT_RANGES.items():
+    value = config[field]
+    if value is None:
+      raise ConfigError(f"config.{field} is not set for this batch size: give --config.{field}=...")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not low <= value < high:
+      raise ConfigError(f"config.{field} must be a number in [{low}, {high:g}), got {value!r}.")
 
-  The four optimizers of `training.optimizers` give ``momentum``, ``nesterov``, ``weight_decay``,
-  ``trust_coefficient`` and ``lars_eps`` the same meaning, so LARS's own checks apply to all of them.
 
-  Raises:
-    ConfigError: naming the first field `lars_optax.lars` rejects.
-  """
-  with library_errors(config):
-    lars_optax.lars(
-      config.learning_rate,
-      momentum=config.momentum,
-      nesterov=config.nesterov,
-      weight_decay=config.weight_decay,
-      trust_coefficient=config.trust_coefficient,
-      eps=config.lars_eps,
-      trust_clip=config.optimizer == "larc",
+def model_kwargs(config: ml_collections.ConfigDict) -> dict:
+  """The set (not None) entries of ``config.model_kwargs``, as keyword arguments of the model."""
+  return {key: value for key, value in config.model_kwargs.items() if value is not None}
+
+
+def _check_model_kwargs(config: ml_collections.ConfigDict) -> None:
+  derived = sorted(set(config.model_kwargs) & set(models.registry.DERIVED_FIELDS))
+  if derived:
+    raise ConfigError(f"config.model_kwargs must not set {derived}: they follow from the data and devices.")
+  allowed = models.registry.settable_fields(config.model)
+  unknown = sorted(set(model_kwargs(config)) - set(allowed))
+  if unknown:
+    raise ConfigError(
+      f"config.model_kwargs.{unknown[0]}: model {config.model!r} has no field {unknown[0]!r}; the "
+      f"fields model_kwargs may set are {allowed}."
     )
 
 
@@ -162,85 +127,40 @@ def _dataset_info(config: ml_collections.ConfigDict) -> input_pipeline.DatasetIn
     raise ConfigError(f"config.dataset={config.dataset!r}: {error}") from None
   except (ValueError, TypeError) as error:
     known = sorted(input_pipeline.ARRAY_DATASETS)
-    fields = f"config.dataset={config.dataset!r}, config.image_size={config.image_size!r}"
     raise ConfigError(
-      f"{fields}: {error} In-memory data sets: {known}; any other name is read with TFDS from "
-      f"config.data_dir.{did_you_mean(config.dataset, known)}"
+      f"config.dataset={config.dataset!r}, config.image_size={config.image_size!r}: {error} In-memory data "
+      f"sets: {known}; other names are read with TFDS from data_dir.{did_you_mean(config.dataset, known)}"
     ) from None
 
 
-def model_fields(name: str) -> list[str]:
-  """The fields ``config.model_kwargs`` may set for model ``name`` (the module's, minus derived ones)."""
-  builder = models.MODELS[name]
-  while isinstance(builder, functools.partial):
-    builder = builder.func
-  names = {field.name for field in dataclasses.fields(builder)}
-  return sorted(names - set(_DERIVED_MODEL_FIELDS) - {"parent", "name"})
-
-
-def model_kwargs(config: ml_collections.ConfigDict) -> dict:
-  """The set (not None) entries of ``config.model_kwargs``, as keyword arguments of the model."""
-  return {key: value for key, value in config.model_kwargs.items() if value is not None}
-
-
 def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> input_pipeline.DatasetInfo:
-  """Checks ``config`` for ``num_devices`` devices and returns its data set's description.
-
-  Args:
-    config: a training config after `training.recipes.apply_recipe`.
-    num_devices: the global device count (all processes).
-
-  Returns:
-    The `input_pipeline.DatasetInfo` of ``config.dataset``.
+  """Checks ``config`` for ``num_devices`` devices (all processes) and returns its data set's description.
 
   Raises:
-    ConfigError: naming the first field that is missing, of the wrong kind, unknown, or inconsistent
-      with the device count, before anything is compiled.
+    ConfigError: naming the first field that is unknown, out of range, or inconsistent with the devices.
   """
-  for field in _REQUIRED:
-    if config[field] is None:
-      raise ConfigError(
-        f"config.{field} is not set: give --config.{field}=... or a config.recipe that provides it."
-      )
-  for field, registry in _NAMES:
+  for field, registry in _NAMES.items():
     if config[field] not in registry:
+      names = sorted(name for name in registry if name is not None)
       raise ConfigError(
-        f"config.{field} must be one of {sorted(registry)}, got {config[field]!r}."
-        + did_you_mean(config[field], registry)
+        f"config.{field} must be one of {names}{' or None' if None in registry else ''}, got "
+        f"{config[field]!r}.{did_you_mean(config[field], names)}"
       )
-  for field, test, requirement in _RULES:
-    if not test(config[field]):
-      raise ConfigError(f"config.{field} must be {requirement}, got {config[field]!r}.")
-  check_optimizer(config)
-  derived = sorted(set(config.model_kwargs) & set(_DERIVED_MODEL_FIELDS))
-  if derived:
-    raise ConfigError(
-      f"config.model_kwargs must not set {derived}: they follow from config.dataset, "
-      "config.half_precision and config.sync_batch_norm."
-    )
-  allowed = model_fields(config.model)
-  unknown = sorted(set(model_kwargs(config)) - set(allowed))
-  if unknown:
-    raise ConfigError(
-      f"config.model_kwargs.{unknown[0]}: model {config.model!r} has no field {unknown[0]!r}; the "
-      f"fields model_kwargs may set are {allowed}."
-    )
+  _check_ranges(config)
+  _check_model_kwargs(config)
   shards = num_devices * config.grad_accum_steps
   if config.batch_size % shards:
     raise ConfigError(
       f"config.batch_size={config.batch_size} must be divisible by the device count times "
-      f"config.grad_accum_steps ({num_devices} x {config.grad_accum_steps} = {shards}), so that "
-      "every device gets the same micro-batch."
+      f"config.grad_accum_steps ({num_devices} x {config.grad_accum_steps} = {shards})."
     )
   if config.eval_batch_size is not None and config.eval_batch_size % num_devices:
     raise ConfigError(
-      f"config.eval_batch_size={config.eval_batch_size} must be divisible by the device count "
-      f"({num_devices})."
+      f"config.eval_batch_size={config.eval_batch_size} must be divisible by {num_devices} devices."
     )
   info = _dataset_info(config)
   if config.batch_size > info.num_train:
     raise ConfigError(
-      f"config.batch_size={config.batch_size} is larger than the training split of "
-      f"{config.dataset!r} ({info.num_train} examples)."
+      f"config.batch_size={config.batch_size} is larger than the training split ({info.num_train})."
     )
   return info

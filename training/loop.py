@@ -12,15 +12,12 @@ import numpy as np
 
 import input_pipeline
 import lars_optax
-import models
 from training import (
   checkpoints,
   config_checks,
   metrics_log,
-  optimizers,
   plan,
   preemption,
-  recipes,
   report,
   run_config,
 )
@@ -93,13 +90,7 @@ class _Window:
 
 def _make_parallelism(config: ml_collections.ConfigDict, run: plan.TrainingPlan, num_classes: int):
   """The model, the optimizer and the compiled steps of ``config.parallelism``."""
-  dtype = jnp.bfloat16 if config.half_precision else jnp.float32
-  kwargs = config_checks.model_kwargs(config)  # The fields set, unset placeholders left out.
-  model = models.get_model(config.model, num_classes=num_classes, dtype=dtype, **kwargs)
-  schedule = optimizers.create_learning_rate_schedule(
-    config, total_steps=run.schedule_steps, warmup_steps=run.warmup_steps
-  )
-  tx = optimizers.create_optimizer(config, schedule)
+  model, tx, schedule = run.model, run.tx, run.schedule
   step_config = steps_lib.StepConfig(
     model=model,
     tx=tx,
@@ -218,11 +209,8 @@ def train_and_evaluate(
     whether the run stopped on SIGTERM, wall time and the expected top-1 of the recipe.
   """
   start_time = time.perf_counter()
-  config, recipe = recipes.apply_recipe(config)
   info = config_checks.validate_config(config, num_devices=jax.device_count())
-  run = plan.make_plan(
-    config, info, recipe, num_devices=jax.device_count(), num_processes=jax.process_count()
-  )
+  run = plan.make_plan(config, info, num_devices=jax.device_count(), num_processes=jax.process_count())
   report.print0(report.start_block(config, run, workdir))
   run_config.check_and_record(
     config,

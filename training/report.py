@@ -1,8 +1,7 @@
-"""What train.py prints: the start block, the progress of the steps and the final summary (process 0).
+"""What train.py prints on process 0: the start block, the progress of the steps and the final summary.
 
-Progress goes to stdout: a tqdm bar when stdout is a terminal and ``config.progress_bar`` is set, else one
-plain line per logging step (``step 40/110: loss 0.2143, lr 7.27, 388 img/s``), so that a log file
-holds no bar frames.
+Progress is a tqdm bar when stdout is a terminal and ``config.progress_bar`` is set, else one plain line
+per logging step (``step 40/110: loss 0.2143, lr 7.27, 388 img/s``), so that a log file holds no bar frames.
 """
 
 import os
@@ -15,8 +14,6 @@ import tqdm
 
 from training import plan
 
-_OUTPUTS = "metrics.jsonl, TensorBoard events, checkpoints/"
-
 
 def print0(*lines: str) -> None:
   """Prints on process 0 only, flushed (the other processes train silently)."""
@@ -26,76 +23,49 @@ def print0(*lines: str) -> None:
 
 def start_block(config: ml_collections.ConfigDict, run: plan.TrainingPlan, workdir: str | os.PathLike) -> str:
   """The lines that open a run: what is trained on what, with which batch, steps and schedule, and where."""
-  devices = jax.devices()
-  expected = (
-    f"{run.expected_top1:.1f}% top-1 ({run.recipe_source})"
-    if run.expected_top1 is not None
-    else "no published figure for this configuration"
+  device = jax.devices()[0]
+  decayed = config.weight_decay_mask or ("rank" if config.optimizer == "sgd" else config.lars_mask)
+  adapted = "" if config.optimizer == "sgd" else f"; trust ratio on {config.lars_mask} leaves"
+  every = f"every {run.eval_every_steps} steps and " if run.eval_every_steps else ""
+  scaling = (
+    "" if config.lr_scaling == "none" else f", {config.lr_scaling} scaling from {config.learning_rate:g}"
   )
-  if run.num_eval_steps:
-    every = f"every {run.eval_every_steps} steps and " if run.eval_every_steps else ""
-    evaluation = f"{run.num_eval_steps} batches of {run.eval_batch_size}, {every}at the end"
-  else:
-    evaluation = "none"
-  mask = "" if config.optimizer == "sgd" else f", {config.lars_mask} mask"
-  rows = (
-    ("model", f"{config.model}{' (bfloat16 activations)' if config.half_precision else ''}"),
-    ("data set", f"{config.dataset}{'' if config.data_dir is None else f' from {config.data_dir}'}"),
-    (
-      "optimizer",
-      f"{config.optimizer}, momentum {config.momentum:g}, weight decay {config.weight_decay:g}{mask}",
-    ),
-    (
-      "devices",
-      f"{run.num_devices} x {devices[0].device_kind} ({devices[0].platform}), {run.num_processes} processes",
-    ),
-    (
-      "batch",
-      f"global B = {run.batch_size} = {run.num_devices} devices x {run.grad_accum_steps} micro-batches x "
-      f"{run.per_device_micro_batch} per device",
-    ),
-    (
-      "steps",
-      f"{run.num_train_steps} ({run.steps_per_epoch}/epoch; schedule {run.schedule_steps}, "
-      f"warm-up {run.warmup_steps})",
-    ),
-    (
-      "learning rate",
-      f"γ_0 = {run.peak_learning_rate:g} ({run.lr_rule}); linear warm-up over {run.warmup_steps} steps, then "
-      f"poly({config.lr_decay_power:g}) decay to {config.end_learning_rate:g} at step {run.schedule_steps}",
-    ),
-    ("evaluation", evaluation),
-    ("expected", expected),
-    ("workdir", os.fspath(workdir)),
-  )
-  width = max(len(name) for name, _ in rows)
-  return "\n".join(f"{name + ':':<{width + 1}} {value}" for name, value in rows)
+  micro = f"{run.num_devices} devices x {run.grad_accum_steps} micro-batches x {run.per_device_micro_batch}"
+  warmup = f"linear warm-up over {run.warmup_steps} steps, then poly({config.lr_decay_power:g})"
+  rows = {
+    "model": f"{config.model}{' (bfloat16 activations)' if config.half_precision else ''}",
+    "data set": f"{config.dataset}{'' if config.data_dir is None else f' from {config.data_dir}'}",
+    "optimizer": f"{config.optimizer}, momentum {config.momentum:g}, weight decay {config.weight_decay:g} on "
+    f"{decayed} leaves{adapted}",
+    "devices": f"{run.num_devices} x {device.device_kind} ({device.platform}), {run.num_processes} "
+    f"processes, {config.parallelism}",
+    "batch": f"global B = {run.batch_size} = {micro} per device",
+    "steps": f"{run.num_train_steps} ({run.steps_per_epoch}/epoch)",
+    "learning rate": f"γ_0 = {run.peak_learning_rate:g}{scaling}; {warmup} decay to "
+    f"{config.end_learning_rate:g} at step {run.schedule_steps}",
+    "evaluation": f"{run.num_eval_steps} batches of {run.eval_batch_size}, {every}at the end"
+    if run.num_eval_steps
+    else "none",
+    "expected": "no published figure" if run.expected_top1 is None else f"{run.expected_top1:g}% top-1",
+    "workdir": os.fspath(workdir),
+  }
+  return "\n".join(f"{name + ':':<14} {value}" for name, value in rows.items())
 
 
 def _format(key: str, value) -> str:
-  if isinstance(value, bool):
-    return "yes" if value else "no"
-  if isinstance(value, int):
-    return f"{value:,}" if key.endswith("per_sec") else str(value)
-  if "accuracy" in key:
-    return f"{100 * value:.2f}%"
-  if key == "expected_top1":
-    return f"{value:.1f}%"
-  if key.endswith("_s"):
-    return f"{value:.1f} s"
-  if key.endswith("images_per_sec"):
-    return f"{value:,.0f}"
-  if key.endswith("steps_per_sec"):
-    return f"{value:.2f}"
-  return f"{value:.4g}"
+  if isinstance(value, bool | int):
+    return ("yes" if value else "no") if isinstance(value, bool) else str(value)
+  if "accuracy" in key or key == "expected_top1":
+    return f"{value * (1 if key == 'expected_top1' else 100):.2f}%"
+  return f"{value:.1f} s" if key.endswith("_s") else f"{value:,.4g}"
 
 
 def summary_block(summary: Mapping[str, object], workdir: str | os.PathLike) -> str:
   """The final summary, rounded (``eval/accuracy: 98.61%``), without None fields, ending with the outputs."""
-  lines = ["summary:"]
-  lines += [f"  {key}: {_format(key, value)}" for key, value in summary.items() if value is not None]
-  lines.append(f"outputs: {os.fspath(workdir)} ({_OUTPUTS})")
-  return "\n".join(lines)
+  lines = [f"  {key}: {_format(key, value)}" for key, value in summary.items() if value is not None]
+  return "\n".join(
+    ["summary:", *lines, f"outputs: {os.fspath(workdir)} (metrics.jsonl, TensorBoard, checkpoints/)"]
+  )
 
 
 def eval_line(step: int, record: Mapping[str, float]) -> str:
@@ -109,11 +79,9 @@ class Progress:
   """The progress of the steps on stdout (process 0): a tqdm bar on a terminal, else plain lines."""
 
   def __init__(self, *, total: int, initial: int, progress_bar: bool):
-    self._total = total
-    self._enabled = jax.process_index() == 0
-    self._bar = None
-    if self._enabled and progress_bar and sys.stdout.isatty():
-      self._bar = tqdm.tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stdout)
+    self._total, self._enabled = total, jax.process_index() == 0
+    bar = self._enabled and progress_bar and sys.stdout.isatty()
+    self._bar = tqdm.tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True) if bar else None
 
   def __enter__(self) -> "Progress":
     return self

@@ -46,14 +46,10 @@ _NAMES = {
   "parallelism": steps.PARALLELISM,
 }
 
-# The config field behind each `lars_optax` argument (an error's ``argument`` attribute).
-_FIELD_OF_ARGUMENT = {
-  **{name: name for name in ("learning_rate", "momentum", "nesterov", "weight_decay", "trust_coefficient")},
-  **{name: name for name in ("batch_size", "base_batch_size", "num_epochs", "warmup_epochs")},
-  **{"peak_value": "learning_rate", "base_learning_rate": "learning_rate", "eps": "lars_eps"},
-  **{"end_value": "end_learning_rate", "power": "lr_decay_power", "total_steps": "num_epochs"},
-  **{"warmup_steps": "warmup_epochs", "mask": "lars_mask", "weight_decay_mask": "weight_decay_mask"},
-}
+# The config field behind each `lars_optax` argument (an error's ``argument``) not named as the field.
+_FIELD_OF_ARGUMENT = {"peak_value": "learning_rate", "base_learning_rate": "learning_rate", "eps": "lars_eps"}
+_FIELD_OF_ARGUMENT |= {"end_value": "end_learning_rate", "power": "lr_decay_power", "mask": "lars_mask"}
+_FIELD_OF_ARGUMENT |= {"total_steps": "num_epochs", "warmup_steps": "warmup_epochs"}
 
 
 def did_you_mean(value: object, choices: Collection[str]) -> str:
@@ -75,8 +71,7 @@ def library_errors(config: ml_collections.ConfigDict, note: str = "") -> Iterato
     argument = getattr(error, "argument", None)
     if argument in model_kwargs(config):
       field, value = f"model_kwargs.{argument}", config.model_kwargs[argument]
-    elif argument in _FIELD_OF_ARGUMENT:
-      field = _FIELD_OF_ARGUMENT[argument]
+    elif (field := _FIELD_OF_ARGUMENT.get(argument, argument)) in config:
       value = config[field]
     else:
       raise

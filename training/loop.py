@@ -210,7 +210,7 @@ def train_and_evaluate(
   """
   start_time = time.perf_counter()
   info = config_checks.validate_config(config, num_devices=jax.device_count())
-  run = plan.make_plan(config, info, num_devices=jax.device_count(), num_processes=jax.process_count())
+  run = plan.make_plan(config, info)
   report.print0(report.start_block(config, run, workdir))
   run_config.check_and_record(
     config,

@@ -95,3 +95,8 @@ def create_learning_rate_schedule(config, *, total_steps: int, warmup_steps: int
     end_value=config.end_learning_rate,
     power=config.lr_decay_power,
   )
+
+
+def create_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransformation:
+  """The optimizer registered as ``config.optimizer`` (one of `OPTIMIZERS`), driven by ``schedule``."""
+  return OPTIMIZERS[config.optimizer](config, schedule)

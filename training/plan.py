@@ -1,8 +1,7 @@
-"""What a run derives from its config, data set and devices: steps, schedule, model and optimizer."""
+"""What a run derives from its config and data set: step counts, and its model, schedule and optimizer."""
 
 import dataclasses
 import math
-from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -17,22 +16,15 @@ from training import config_checks, optimizers
 
 @dataclasses.dataclass(frozen=True)
 class TrainingPlan:
-  """One run: its batch layout and step counts (printed at start), and what it trains with."""
-
-  num_devices: int
-  num_processes: int
-  batch_size: int  # B, the global batch of one optimizer step
-  grad_accum_steps: int  # k micro-batches per step
-  per_device_micro_batch: int  # B / (devices · k)
   steps_per_epoch: int  # ⌊N_train / B⌋
-  schedule_steps: int  # T, the schedule's length (the whole run's unless num_train_steps is longer)
-  warmup_steps: int  # W
   num_train_steps: int  # the steps this run takes
+  schedule_steps: int  # T, the schedule's length: the run's, or the epochs' if the run is longer
+  warmup_steps: int  # W
   peak_learning_rate: float  # γ_0 after the scaling rule
   eval_batch_size: int
   num_eval_steps: int  # batches per evaluation (0: none)
   eval_every_steps: int  # 0: at the end only
-  expected_top1: float | None  # config.expected_top1
+  expected_top1: float | None
   model: nn.Module
   schedule: optax.Schedule
   tx: optax.GradientTransformation
@@ -48,14 +40,11 @@ def _steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> tuple[int
   return run, schedule, warmup
 
 
-def make_plan(
-  config: ml_collections.ConfigDict, info: input_pipeline.DatasetInfo, *, num_devices: int, num_processes: int
-) -> TrainingPlan:
-  """Derives the `TrainingPlan` of a validated config, building its model, schedule and optimizer once.
+def make_plan(config: ml_collections.ConfigDict, info: input_pipeline.DatasetInfo) -> TrainingPlan:
+  """The `TrainingPlan` of a validated config; its model, schedule and optimizer are built here, once.
 
   Raises:
-    ConfigError: naming the field whose value `lars_optax` or the model rejects (a schedule of no step
-      included).
+    ConfigError: naming the field behind a value `lars_optax` or the model rejects (a schedule of no step).
   """
   steps_per_epoch = lars_optax.steps_per_epoch(info.num_train, config.batch_size)
   with config_checks.library_errors(config, note=f" ({steps_per_epoch} steps per epoch)"):
@@ -63,23 +52,17 @@ def make_plan(
     schedule = optimizers.create_learning_rate_schedule(
       config, total_steps=schedule_steps, warmup_steps=warmup_steps
     )
-    tx = optimizers.OPTIMIZERS[config.optimizer](config, schedule)
-    kwargs: dict[str, Any] = dict(num_classes=info.num_classes, **config_checks.model_kwargs(config))
-    model = models.get_model(
-      config.model, dtype=jnp.bfloat16 if config.half_precision else jnp.float32, **kwargs
-    )
+    tx = optimizers.create_optimizer(config, schedule)
+    dtype = jnp.bfloat16 if config.half_precision else jnp.float32
+    kwargs = config_checks.model_kwargs(config)
+    model = models.get_model(config.model, num_classes=info.num_classes, dtype=dtype, **kwargs)
   eval_batch_size = config.eval_batch_size or config.batch_size // config.grad_accum_steps
   full_eval = math.ceil(info.num_eval / eval_batch_size)
   return TrainingPlan(
-    num_devices=num_devices,
-    num_processes=num_processes,
-    batch_size=config.batch_size,
-    grad_accum_steps=config.grad_accum_steps,
-    per_device_micro_batch=config.batch_size // (num_devices * config.grad_accum_steps),
     steps_per_epoch=steps_per_epoch,
+    num_train_steps=run,
     schedule_steps=schedule_steps,
     warmup_steps=warmup_steps,
-    num_train_steps=run,
     peak_learning_rate=optimizers.peak_learning_rate(config),
     eval_batch_size=eval_batch_size,
     num_eval_steps=full_eval if config.steps_per_eval == -1 else min(config.steps_per_eval, full_eval),

@@ -30,16 +30,17 @@ def start_block(config: ml_collections.ConfigDict, run: plan.TrainingPlan, workd
   scaling = (
     "" if config.lr_scaling == "none" else f", {config.lr_scaling} scaling from {config.learning_rate:g}"
   )
-  micro = f"{run.num_devices} devices x {run.grad_accum_steps} micro-batches x {run.per_device_micro_batch}"
+  devices, k = jax.device_count(), config.grad_accum_steps
+  micro = f"{devices} devices x {k} micro-batches x {config.batch_size // (devices * k)}"
   warmup = f"linear warm-up over {run.warmup_steps} steps, then poly({config.lr_decay_power:g})"
   rows = {
     "model": f"{config.model}{' (bfloat16 activations)' if config.half_precision else ''}",
     "data set": f"{config.dataset}{'' if config.data_dir is None else f' from {config.data_dir}'}",
     "optimizer": f"{config.optimizer}, momentum {config.momentum:g}, weight decay {config.weight_decay:g} on "
     f"{decayed} leaves{adapted}",
-    "devices": f"{run.num_devices} x {device.device_kind} ({device.platform}), {run.num_processes} "
+    "devices": f"{devices} x {device.device_kind} ({device.platform}), {jax.process_count()} "
     f"processes, {config.parallelism}",
-    "batch": f"global B = {run.batch_size} = {micro} per device",
+    "batch": f"global B = {config.batch_size} = {micro} per device",
     "steps": f"{run.num_train_steps} ({run.steps_per_epoch}/epoch)",
     "learning rate": f"γ_0 = {run.peak_learning_rate:g}{scaling}; {warmup} decay to "
     f"{config.end_learning_rate:g} at step {run.schedule_steps}",

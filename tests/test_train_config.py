@@ -1,4 +1,4 @@
-"""Configs, recipes, the derived plan, optimizers, and metrics.jsonl handling (nothing compiled)."""
+"""Configs, config checks, the derived plan, optimizers, and metrics.jsonl handling (nothing compiled)."""
 
 import importlib
 import json
@@ -12,133 +12,124 @@ import pytest
 
 import input_pipeline
 import lars_optax
-import models
 from configs import default
-from training import config_checks, loop, metrics_log, optimizers, plan, recipes, report
+from training import config_checks, loop, metrics_log, optimizers, plan, report, run_config
 from training.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-RECIPE_CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if not p.stem.startswith("_"))
+CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if not p.stem.startswith("_"))
+DIGITS = input_pipeline.DatasetInfo("digits", 10, (8, 8, 1), 1438, 359)
 
 
-def _load(name: str, *args: str):
-  return importlib.import_module(f"configs.{name}").get_config(*args)
+def _lars_optax_names_arguments() -> bool:
+  try:
+    lars_optax.lars(0.1, momentum=2.0)
+  except ValueError as error:
+    return getattr(error, "argument", None) == "momentum"
+  return False
 
 
-@pytest.mark.parametrize("name", RECIPE_CONFIGS)
-def test_every_config_loads_resolves_and_documents_itself(name):
-  module = importlib.import_module(f"configs.{name}")
-  for heading in ("Command", "Hardware", "Time", "Expected"):
+# Fields checked by lars_optax itself reach their config field through the error's ``argument``.
+needs_named_arguments = pytest.mark.skipif(
+  not _lars_optax_names_arguments(), reason="lars_optax errors do not carry their argument's name"
+)
+
+
+def _module(name: str):
+  return importlib.import_module(f"configs.{name}")
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_loads_valid_and_documents_itself(name):
+  module = _module(name)
+  for heading in ("Command", "Hardware", "Expected"):
     assert f"\n{heading}" in module.__doc__, f"{name} docstring lacks {heading}"
-  config, _ = recipes.apply_recipe(module.get_config())
-  assert config.model in models.MODELS
-  assert config.optimizer in optimizers.OPTIMIZERS
-  for field in ("learning_rate", "warmup_epochs", "num_epochs", "momentum", "weight_decay"):
-    assert config[field] is not None, f"{name}: {field} unresolved"
+  config = module.get_config()
+  info = config_checks.validate_config(config, num_devices=1) if config.dataset != "imagenet2012" else None
+  assert info is None or info.num_train > 0
+
+
+def test_default_config_expects_what_its_docstring_says():
+  config = default.get_config()
+  assert config.expected_top1 is not None and f"{config.expected_top1:g}%" in default.__doc__
+  run = plan.make_plan(config, DIGITS)
+  assert f"{config.expected_top1:g}% top-1" in report.start_block(config, run, "/tmp/run")
 
 
 @pytest.mark.parametrize(
-  ("name", "batch_size", "learning_rate", "warmup_epochs", "top1"),
+  ("name", "fields"),
   [
-    ("alexnet_lars", "512", 2, 2, 58.7),
-    ("alexnet_lars", "32768", 14, 2, 46.9),
-    ("alexnet_bn_lars", "8192", 14, 5, 60.1),
-    ("alexnet_bn_lars", "16384", 23, 5, 59.3),
-    ("resnet50_lars", "1024", 9, 5, 73.3),
-    ("resnet50_lars", "32768", 40, 12, 72.5),
+    ("alexnet_lars", ("learning_rate", "expected_top1")),
+    ("alexnet_bn_lars", ("learning_rate", "expected_top1")),
+    ("resnet50_lars", ("learning_rate", "warmup_epochs", "expected_top1")),
+    ("alexnet_sgd", ("expected_top1",)),
+    ("alexnet_bn_sgd", ("expected_top1",)),
+    ("resnet50_sgd", ("expected_top1",)),
   ],
 )
-def test_paper_recipes_take_gamma0_and_warmup_from_the_table(
-  name, batch_size, learning_rate, warmup_epochs, top1
-):
-  """The paper's tables (README "Training"), by config string and by --config.batch_size override alike."""
-  by_string, recipe = recipes.apply_recipe(_load(name, batch_size))
-  overridden = _load(name)
-  overridden.batch_size = int(batch_size)
-  by_field, _ = recipes.apply_recipe(overridden)
-  for config in (by_string, by_field):
-    assert config.learning_rate == learning_rate
-    assert config.warmup_epochs == warmup_epochs
-    assert config.weight_decay == 5e-4 and config.momentum == 0.9 and config.num_epochs == 100
-  assert recipe.expected_top1 == top1
+def test_per_batch_tables_pick_the_row_of_the_config_argument(name, fields):
+  module = _module(name)
+  table = getattr(module, "PAPER", None) or module.PUBLISHED
+  for batch_size, row in table.items():
+    config = module.get_config(str(batch_size))
+    row = row if isinstance(row, tuple) else (row,)
+    assert tuple(config[field] for field in fields) == row
+    assert config.batch_size == batch_size
 
 
-@pytest.mark.parametrize(
-  ("name", "lars_mask"),
-  [("alexnet_lars", "every_leaf"), ("alexnet_bn_lars", "rank"), ("resnet50_lars", "rank")],
-)
-def test_lars_recipes_adapt_biases_only_without_batch_norm(name, lars_mask):
-  """No BN: biases need their own trust ratio at γ_0 ≈ 10; with BN, MLPerf's exclusion is kept."""
-  config, _ = recipes.apply_recipe(_load(name))
+@pytest.mark.parametrize("name", ["alexnet_lars", "alexnet_bn_lars", "resnet50_lars"])
+def test_an_untabulated_batch_needs_a_learning_rate(name):
+  config = _module(name).get_config("2048")
+  assert config.expected_top1 is None
+  with pytest.raises(ConfigError, match=r"config\.learning_rate is not set"):
+    config_checks._check_ranges(config)
+  config.learning_rate = 20.0
+  config_checks._check_ranges(config)
+
+
+def test_mlperf_config_takes_the_library_table():
+  for batch_size in (8192, 32768, 65536):
+    config, hparams = (
+      _module("resnet50_mlperf").get_config(str(batch_size)),
+      lars_optax.mlperf_resnet50_hparams(batch_size),
+    )
+    assert (config.learning_rate, config.warmup_epochs, config.num_epochs) == (
+      hparams.learning_rate,
+      hparams.warmup_epochs,
+      hparams.num_epochs,
+    )
+    assert (config.momentum, config.weight_decay, config.end_learning_rate) == (
+      hparams.momentum,
+      hparams.weight_decay,
+      hparams.end_learning_rate,
+    )
+    assert (config.lr_decay_power, config.label_smoothing) == (hparams.power, hparams.label_smoothing)
+
+
+@pytest.mark.parametrize(("name", "lars_mask"), [("alexnet_lars", "every_leaf"), ("alexnet_bn_lars", "rank")])
+def test_lars_configs_adapt_biases_only_without_batch_norm(name, lars_mask):
+  config = _module(name).get_config()
   assert config.lars_mask == lars_mask
   params = {"conv": {"kernel": np.ones((3, 3, 2, 4), np.float32), "bias": np.ones(4, np.float32)}}
-  state = optimizers.create_optimizer(config, 1.0).init(params)
-  grads = jax.tree.map(np.ones_like, params)
-  updates, _ = optimizers.create_optimizer(config, 1.0).update(grads, state, params)
-  plain_sgd = np.allclose(np.asarray(updates["conv"]["bias"]), -1.0)
-  assert plain_sgd == (lars_mask == "rank")
-
-
-def test_lars_mask_must_be_a_known_name():
-  config, _ = recipes.apply_recipe(_load("default"))
-  config.lars_mask = "every_leaves"
-  with pytest.raises(
-    ConfigError, match=r"config.lars_mask must be one of \['every_leaf', 'rank'\].*every_leaf"
-  ):
-    config_checks.validate_config(config, num_devices=1)
-
-
-def test_paper_recipe_refuses_an_untabulated_batch_unless_given_a_learning_rate():
-  config = _load("resnet50_lars", "4096")
-  with pytest.raises(ValueError, match=r"tabulates γ_0 only for batch_size in \[256, 1024"):
-    recipes.apply_recipe(config)
-  config.learning_rate = 20.0
-  resolved, recipe = recipes.apply_recipe(config)
-  assert resolved.learning_rate == 20.0 and resolved.warmup_epochs == 5
-  assert recipe.expected_top1 is None
-
-
-def test_explicit_values_win_over_the_recipe():
-  config = _load("alexnet_bn_lars", "8192")
-  config.learning_rate = 12.0
-  resolved, _ = recipes.apply_recipe(config)
-  assert resolved.learning_rate == 12.0 and resolved.warmup_epochs == 5
-
-
-def test_mlperf_recipe_follows_lars_notes_section_3():
-  config, recipe = recipes.apply_recipe(_load("resnet50_mlperf", "32768"))
-  assert (config.learning_rate, config.warmup_epochs, config.momentum) == (29, 18, 0.929)
-  assert (config.weight_decay, config.num_epochs, config.end_learning_rate) == (1e-4, 64, 1e-4)
-  assert (config.label_smoothing, config.lr_decay_power) == (0.1, 2.0)
-  assert recipe.expected_top1 == 75.9
-  small, _ = recipes.apply_recipe(_load("resnet50_mlperf", "8192"))
-  assert (small.learning_rate, small.warmup_epochs) == (10, 5)
+  tx = optimizers.create_optimizer(config, 1.0)
+  updates, _ = tx.update(jax.tree.map(np.ones_like, params), tx.init(params), params)
+  assert np.allclose(np.asarray(updates["conv"]["bias"]), -1.0) == (lars_mask == "rank")
 
 
 def test_sgd_baselines_scale_the_learning_rate_linearly():
-  config, recipe = recipes.apply_recipe(_load("alexnet_sgd", "4096"))
-  assert optimizers.peak_learning_rate(config) == pytest.approx(0.01 * 4096 / 256)
-  assert recipe.expected_top1 == 53.1
-  config, recipe = recipes.apply_recipe(_load("resnet50_sgd", "32768"))
-  assert optimizers.peak_learning_rate(config) == pytest.approx(0.1 * 128)
-  assert recipe.expected_top1 == 71.7
+  config = _module("alexnet_sgd").get_config("4096")
+  assert optimizers.peak_learning_rate(config) == pytest.approx(config.learning_rate * 4096 / 256)
 
 
-def test_plan_derives_batches_steps_and_learning_rate():
+def test_plan_derives_steps_evaluation_and_learning_rate():
   config = default.get_config()
   config.batch_size, config.grad_accum_steps, config.num_epochs, config.warmup_epochs = 256, 4, 3.0, 1.0
-  info = input_pipeline.DatasetInfo("digits", 10, (8, 8, 1), 1438, 359)
-  run = plan.make_plan(config, info, None, num_devices=8, num_processes=2)
+  run = plan.make_plan(config, DIGITS)
   assert run.steps_per_epoch == 1438 // 256 == 5
   assert (run.schedule_steps, run.warmup_steps, run.num_train_steps) == (15, 5, 15)
-  assert run.per_device_micro_batch == 256 // (8 * 4)
   assert (run.eval_batch_size, run.num_eval_steps) == (64, 6)  # ceil(359 / 64)
   assert run.eval_every_steps == 5 and run.peak_learning_rate == config.learning_rate
-  start = report.start_block(config, run, "/tmp/run")
-  assert "8 devices x 4 micro-batches x 8 per device" in start and "workdir:       /tmp/run" in start
-  assert "lars, momentum 0.9, weight decay 0.0005, rank mask" in start
-  config.optimizer = "sgd"
-  assert "sgd, momentum 0.9, weight decay 0.0005\n" in report.start_block(config, run, "/tmp/run")
+  assert float(run.schedule(5)) == pytest.approx(config.learning_rate)
 
 
 @pytest.mark.parametrize(
@@ -149,51 +140,158 @@ def test_plan_rounds_epochs_half_up(num_epochs, warmup_epochs, steps):
   """One step per epoch: x.5 epochs are x + 1 steps (Python's round() would give 2 for 2.5, 0 for 0.5)."""
   config = default.get_config()
   config.batch_size, config.num_epochs, config.warmup_epochs = 128, num_epochs, warmup_epochs
-  info = input_pipeline.DatasetInfo("digits", 10, (8, 8, 1), 128, 10)
-  run = plan.make_plan(config, info, None, num_devices=1, num_processes=1)
+  run = plan.make_plan(config, input_pipeline.DatasetInfo("digits", 10, (8, 8, 1), 128, 10))
   assert (run.schedule_steps, run.warmup_steps) == steps
 
 
-def test_plan_refuses_a_schedule_of_no_step():
-  config = default.get_config()
-  config.batch_size, config.num_epochs, config.warmup_epochs = 128, 0.4, 0.0
-  info = input_pipeline.DatasetInfo("digits", 10, (8, 8, 1), 128, 10)
-  with pytest.raises(ConfigError, match=r"config.num_epochs=0.4 gives no step"):
-    plan.make_plan(config, info, None, num_devices=1, num_processes=1)
-
-
 @pytest.mark.parametrize(
-  ("overrides", "message"),
-  [
-    ({"batch_size": 100}, r"batch_size=100 must be divisible by the device count times"),
-    ({"grad_accum_steps": 3}, r"\(8 x 3 = 24\)"),
-    ({"model": "vgg16"}, r"config.model must be one of \["),
-    ({"optimizer": "adam"}, r"config.optimizer must be one of \['larc', 'lars', 'optax_lars', 'sgd'\]"),
-    ({"parallelism": "pjit"}, r"config.parallelism must be one of \['jit', 'pmap'\]"),
-    ({"dataset": "no_such_dataset"}, r"no_such_dataset"),
-    ({"momentum": 1.5}, r"config.momentum=1.5: momentum must be in \[0, 1\)"),
-    ({"lars_eps": -1.0}, r"config.lars_eps=-1.0: eps must be"),
-    ({"trust_coefficient": 0.0}, r"config.trust_coefficient=0.0: trust_coefficient must be"),
-    ({"lr_decay_power": 0.0}, r"config.lr_decay_power=0.0: power must be"),
-    ({"eval_batch_size": 100}, r"eval_batch_size=100 must be divisible by the device count \(8\)"),
-    ({"warmup_epochs": 50.0}, r"config.warmup_epochs=50.0: warmup_steps must be <= total_steps"),
-    ({"num_epochs": 0.01}, r"config.num_epochs=0.01 gives no step"),
-    ({"recipe": "resnet50_lars"}, r"the paper tabulates γ_0 only"),
-  ],
+  ("num_train_steps", "schedule_steps", "warmup_steps"), [(50, 50, 10), (11, 11, 2), (500, 110, 22)]
 )
-def test_invalid_configs_fail_before_anything_compiles(overrides, message, tmp_path, monkeypatch):
+def test_num_train_steps_shorter_than_the_schedule_compresses_it(
+  num_train_steps, schedule_steps, warmup_steps
+):
+  """110 steps with 22 of warm-up by default; a shorter run ends at the end LR, a longer one stays there."""
+  config = default.get_config()
+  config.num_train_steps, config.end_learning_rate = num_train_steps, 0.01
+  run = plan.make_plan(config, DIGITS)
+  assert (run.num_train_steps, run.schedule_steps, run.warmup_steps) == (
+    num_train_steps,
+    schedule_steps,
+    warmup_steps,
+  )
+  assert float(run.schedule(warmup_steps)) == pytest.approx(config.learning_rate)
+  assert float(run.schedule(num_train_steps)) == pytest.approx(config.end_learning_rate)
+
+
+def test_library_errors_name_the_field_by_the_argument_attribute(monkeypatch):
+  def rejects(argument):
+    def schedule(*args, **kwargs):
+      error = ValueError("some wording that names nothing")
+      if argument:
+        error.argument = argument
+      raise error
+
+    return schedule
+
+  config = default.get_config()
+  for argument, field in (("power", "lr_decay_power"), ("eps", "lars_eps"), ("weight_decay", "weight_decay")):
+    monkeypatch.setattr(optimizers, "create_learning_rate_schedule", rejects(argument))
+    with pytest.raises(ConfigError, match=rf"^config\.{field}="):
+      plan.make_plan(config, DIGITS)
+  monkeypatch.setattr(optimizers, "create_learning_rate_schedule", rejects(None))
+  with pytest.raises(ValueError, match="names nothing") as raised:  # a bug, not a config error
+    plan.make_plan(config, DIGITS)
+  assert not isinstance(raised.value, ConfigError)
+
+
+# (field or model_kwargs.field, value): each must be refused at load, naming the field.
+BAD_VALUES = [
+  ("batch_size", 100),  # not divisible by 8 devices
+  ("batch_size", 0),
+  ("grad_accum_steps", 3),
+  ("model", "vgg16"),
+  ("optimizer", "adam"),
+  ("parallelism", "pjit"),
+  ("lars_mask", "every_leaves"),
+  ("weight_decay_mask", "ranks"),
+  ("dataset", "no_such_dataset"),
+  ("momentum", 1.5),
+  ("label_smoothing", 1.0),
+  ("learning_rate", 1e39),
+  ("weight_decay", 1e308),
+  ("trust_coefficient", 1e308),
+  ("num_train_steps", 3_000_000_000),
+  ("num_train_steps", 0),
+  ("crop_padding", -1000),
+  ("seed", -1),
+  ("eval_every_steps", -2),
+  ("eval_batch_size", 100),
+  ("model_kwargs.dropout_rate", 1.5),
+  ("model_kwargs.dropout_rate", 1.0),
+  ("model_kwargs.dropout_rate", -0.5),
+  ("model_kwargs.bn_momentum", 2.0),
+  ("model_kwargs.bn_epsilon", 0.0),
+]
+LIBRARY_BAD_VALUES = [("num_epochs", 1e9), ("num_epochs", 0.01), ("warmup_epochs", 50.0), ("lars_eps", -1.0)]
+LIBRARY_BAD_VALUES += [("trust_coefficient", 0.0), ("lr_decay_power", 0.0)]
+
+
+def _refused_at_load(field: str, value, tmp_path, monkeypatch, **overrides) -> str:
   def compile_attempted(*args, **kwargs):
     raise AssertionError("reached the first compilation")
 
   monkeypatch.setattr(loop.steps_lib, "create_train_state", compile_attempted)
   config = default.get_config()
   config.update(overrides)
-  if overrides.get("recipe"):
-    config.learning_rate = None
-    config.batch_size = 128
-  with pytest.raises(ConfigError, match=message):
+  if field.startswith("model_kwargs."):
+    config.model_kwargs[field.split(".")[1]] = value
+  else:
+    config[field] = value
+  with pytest.raises(ConfigError) as raised:
     loop.train_and_evaluate(config, tmp_path / "workdir")
   assert not (tmp_path / "workdir").exists()
+  assert f"config.{field}" in str(raised.value)
+  return str(raised.value)
+
+
+@pytest.mark.parametrize(("field", "value"), BAD_VALUES)
+def test_bad_values_are_refused_at_load_naming_the_field(field, value, tmp_path, monkeypatch):
+  _refused_at_load(field, value, tmp_path, monkeypatch)
+
+
+@needs_named_arguments
+@pytest.mark.parametrize(("field", "value"), LIBRARY_BAD_VALUES)
+def test_values_the_library_rejects_name_their_field(field, value, tmp_path, monkeypatch):
+  _refused_at_load(field, value, tmp_path, monkeypatch)
+
+
+def test_resnet_filter_count_must_be_positive(tmp_path, monkeypatch):
+  _refused_at_load("model_kwargs.num_filters", 0, tmp_path, monkeypatch, model="resnet20")
+
+
+def test_mask_names_suggest_the_closest(tmp_path, monkeypatch):
+  assert "'rank'" in _refused_at_load("weight_decay_mask", "ranks", tmp_path, monkeypatch)
+
+
+def test_weight_decay_mask_is_shown_recorded_and_checked_on_resume(tmp_path):
+  config = default.get_config()
+  config.optimizer, config.weight_decay_mask = "sgd", "every_leaf"
+  assert "every_leaf" in report.start_block(config, plan.make_plan(config, DIGITS), "/tmp/run")
+  run_config.check_and_record(config, tmp_path, resuming=False, allow_change=False)
+  assert json.loads((tmp_path / run_config.CONFIG_FILE).read_text())["weight_decay_mask"] == "every_leaf"
+  config.weight_decay_mask = None
+  with pytest.raises(ConfigError, match="weight_decay_mask"):
+    run_config.check_and_record(config, tmp_path, resuming=True, allow_change=False)
+
+
+_PARAMS = {"kernel": jnp.array([[1.0, 2.0], [3.0, -1.0]]), "bias": jnp.array([0.5, -0.5])}
+_GRADS = {"kernel": jnp.array([[0.1, -0.2], [0.0, 0.3]]), "bias": jnp.array([0.2, 0.1])}
+
+
+def _first_update(config, gamma: float) -> dict:
+  tx = optimizers.create_optimizer(config, lambda count: gamma)
+  updates, _ = tx.update(_GRADS, tx.init(_PARAMS), _PARAMS)
+  return updates
+
+
+def test_sgd_decays_the_leaves_weight_decay_mask_names():
+  config = default.get_config()
+  config.optimizer, config.weight_decay, config.weight_decay_mask = "sgd", 0.01, "every_leaf"
+  expected = jax.tree.map(lambda g, w: -2.0 * (g + 0.01 * w), _GRADS, _PARAMS)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), _first_update(config, 2.0), expected)
+
+
+@pytest.mark.skipif(
+  "weight_decay_mask" not in lars_optax.lars.__code__.co_varnames,
+  reason="lars_optax.lars has no weight_decay_mask",
+)
+def test_lars_adapts_without_decaying_where_weight_decay_mask_excludes():
+  """lars_mask every_leaf, weight_decay_mask rank: the bias gets a trust ratio with β = 0 (Algorithm 1)."""
+  config = default.get_config()
+  config.weight_decay, config.lars_mask, config.weight_decay_mask = 0.01, "every_leaf", "rank"
+  eta, w, g = config.trust_coefficient, np.asarray(_PARAMS["bias"]), np.asarray(_GRADS["bias"])
+  expected = -2.0 * eta * np.linalg.norm(w) / np.linalg.norm(g) * g
+  np.testing.assert_allclose(_first_update(config, 2.0)["bias"], expected, rtol=1e-5)
 
 
 def test_lars_and_sgd_first_updates_match_the_formulas():
@@ -223,10 +321,6 @@ def _two_steps(tx: optax.GradientTransformation, params: dict, grads: dict) -> l
     updates.append(update)
     params = optax.apply_updates(params, update)
   return updates
-
-
-_PARAMS = {"kernel": jnp.array([[1.0, 2.0], [3.0, -1.0]]), "bias": jnp.array([0.5, -0.5])}
-_GRADS = {"kernel": jnp.array([[0.1, -0.2], [0.0, 0.3]]), "bias": jnp.array([0.2, 0.1])}
 
 
 @pytest.mark.parametrize(

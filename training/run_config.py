@@ -1,6 +1,6 @@
 """The resolved config of a run, recorded as ``workdir/config.json``; a resume must not change the experiment.
 
-At start, process 0 writes the config (after `training.recipes.apply_recipe`) to ``config.json``. When
+At start, process 0 writes the config to ``config.json``. When
 the workdir already holds checkpoints, the config is first compared with the recorded one: a change to
 a field that alters the training trajectory (the model, the data, the batch, the optimizer, the
 schedule, the seed, ...) is refused with a `ConfigError` listing each change as ``old → new``, unless
@@ -30,7 +30,7 @@ CONFIG_FILE = "config.json"
 # field, including one this list does not know, alters the trajectory.
 NEUTRAL_FIELDS = frozenset(
   {
-    "recipe",  # Only fills other fields, which are compared resolved.
+    "expected_top1",  # What the config's source reports: printed, never trained with.
     "data_dir",
     "cache",
     "num_train_steps",

@@ -37,14 +37,10 @@ _FLOAT_RANGES = {
   **dict.fromkeys(("momentum", "label_smoothing"), (0, 1)),
 }
 
-_NAMES = {
-  "model": models.MODELS,
-  "optimizer": optimizers.OPTIMIZERS,
-  "lr_scaling": optimizers.LR_SCALING,
-  "lars_mask": optimizers.MASKS,
-  "weight_decay_mask": {None: None, **optimizers.MASKS},
-  "parallelism": steps.PARALLELISM,
-}
+# field: the names it may take.
+_NAMES = {"model": models.MODELS, "optimizer": optimizers.OPTIMIZERS, "lr_scaling": optimizers.LR_SCALING}
+_NAMES |= {"lars_mask": optimizers.MASKS, "weight_decay_mask": {None: None, **optimizers.MASKS}}
+_NAMES |= {"parallelism": steps.PARALLELISM}
 
 # The config field behind each `lars_optax` argument (an error's ``argument``) not named as the field.
 _FIELD_OF_ARGUMENT = {"peak_value": "learning_rate", "base_learning_rate": "learning_rate", "eps": "lars_eps"}

@@ -9,7 +9,6 @@ LARS optimizers adapt (by default those of rank ≥ 2: biases and batch norm get
 import functools
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any
 
 import ml_collections
 import optax
@@ -17,12 +16,10 @@ import optax
 import lars_optax
 
 # The names `lars_mask` and `weight_decay_mask` take.
-MASKS: Mapping[str, Callable[[Any], Any]] = MappingProxyType(
-  {"rank": lars_optax.rank_mask, "every_leaf": lars_optax.every_leaf_mask}
-)
+MASKS: Mapping[str, Callable] = {"rank": lars_optax.rank_mask, "every_leaf": lars_optax.every_leaf_mask}
 
 
-def _decay_mask(config: ml_collections.ConfigDict, default: str) -> Callable[[Any], Any]:
+def _decay_mask(config: ml_collections.ConfigDict, default: str) -> Callable:
   return MASKS[config.weight_decay_mask or default]
 
 
@@ -71,13 +68,8 @@ OPTIMIZERS = MappingProxyType(
 )
 
 # How the configured `learning_rate` grows with the global batch B (base batch B0 = `base_batch_size`).
-LR_SCALING: Mapping[str, Callable[..., float]] = MappingProxyType(
-  {
-    "none": lambda learning_rate, batch_size, *, base_batch_size: learning_rate,
-    "linear": lars_optax.linear_scaling,
-    "sqrt": lars_optax.sqrt_scaling,
-  }
-)
+LR_SCALING = {"none": lambda lr, batch_size, *, base_batch_size: lr}
+LR_SCALING |= {"linear": lars_optax.linear_scaling, "sqrt": lars_optax.sqrt_scaling}
 
 
 def peak_learning_rate(config: ml_collections.ConfigDict) -> float:

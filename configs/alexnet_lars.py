@@ -3,13 +3,10 @@
 Command (B = 8192 on 8 GPUs of 80 GB: 4 micro-batches of 256 per GPU):
   python train.py --config=configs/alexnet_lars.py:8192 --config.grad_accum_steps=4 \
     --config.data_dir=$TFDS_DATA_DIR --workdir=$HOME/runs/alexnet_lars_8k
-TPU v3-32 pod slice (4 hosts; run the same command on every host, no distributed flags):
-  python train.py --config=configs/alexnet_lars.py:32768 --config.data_dir=gs://... --workdir=gs://...
+TPU pod slice: the same command on every host (no distributed flags), e.g. :32768.
 Hardware:  one 8-GPU machine or a TPU pod slice; ImageNet prepared with TFDS in data_dir.
 Expected:  ImageNet top-1 after 100 epochs: the paper's figure for the batch size (`PAPER` below, with
            its γ_0). Other batch sizes need --config.learning_rate.
-Mask:      every layer's weights and biases are adapted (lars_mask "every_leaf"): without batch norm,
-           biases stepped by plain SGD at γ_0 = 10 wreck training.
 """
 
 import ml_collections
@@ -26,5 +23,5 @@ def get_config(batch_size: str = "8192") -> ml_collections.ConfigDict:
   config = _imagenet.imagenet_config(model="alexnet", batch_size=int(batch_size), optimizer="lars")
   config.warmup_epochs = 2.0
   _imagenet.set_row(config, PAPER, ("learning_rate", "expected_top1"))
-  config.lars_mask = "every_leaf"  # No batch norm: each bias gets its own trust ratio.
+  config.lars_mask = "every_leaf"  # No batch norm: plain SGD at γ_0 = 10 would wreck the biases.
   return config

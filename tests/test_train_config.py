@@ -201,6 +201,7 @@ BAD_VALUES = [
   ("weight_decay", 1e308),
   ("trust_coefficient", 1e308),
   ("num_train_steps", 3_000_000_000),
+  ("num_epochs", 1e9),
   ("num_train_steps", 0),
   ("crop_padding", -1000),
   ("seed", -1),
@@ -212,7 +213,7 @@ BAD_VALUES = [
   ("model_kwargs.bn_momentum", 2.0),
   ("model_kwargs.bn_epsilon", 0.0),
 ]
-LIBRARY_BAD_VALUES = [("num_epochs", 1e9), ("num_epochs", 0.01), ("warmup_epochs", 50.0), ("lars_eps", -1.0)]
+LIBRARY_BAD_VALUES = [("num_epochs", 0.01), ("warmup_epochs", 50.0), ("lars_eps", -1.0)]
 LIBRARY_BAD_VALUES += [("trust_coefficient", 0.0), ("lr_decay_power", 0.0)]
 
 

@@ -1,9 +1,5 @@
-"""Config checks at start, before anything is compiled or written: each `ConfigError` names the field.
-
-Fields only the training program reads are checked here, against their ranges: counts must fit the
-int32 step counter, hyperparameters float32. What `lars_optax` and the models take is checked by them
-when `training.plan` builds the run; `library_errors` names the field behind the failing argument.
-"""
+"""Config checks at start, before anything compiles: ranges here (int32 counts, float32 values); what
+`lars_optax` and the models take, by them (`library_errors` names the field behind the argument)."""
 
 import contextlib
 import difflib
@@ -18,7 +14,8 @@ import models
 from training import optimizers, steps
 from training.errors import ConfigError
 
-_I32, _F32 = int(np.iinfo(np.int32).max), float(np.finfo(np.float32).max)
+INT32_MAX = _I32 = int(np.iinfo(np.int32).max)
+_F32 = float(np.finfo(np.float32).max)
 
 # field: (lowest, highest) integer; a value in `_SENTINELS` is also allowed.
 _INT_RANGES = {
@@ -56,10 +53,9 @@ def did_you_mean(value: object, choices: Collection[str]) -> str:
 
 @contextlib.contextmanager
 def library_errors(config: ml_collections.ConfigDict, note: str = "") -> Iterator[None]:
-  """Turns a ``ValueError``/``TypeError`` about a library or model argument into a `ConfigError`.
+  """Turns a library's or model's ``ValueError``/``TypeError`` into a `ConfigError` naming the field.
 
-  The field is found by the error's ``argument`` attribute (the parameter's name), never by its text; an
-  error without one is a bug and propagates unchanged.
+  The field is found by the error's ``argument`` (the parameter's name); without one it is a bug, re-raised.
   """
   try:
     yield
@@ -109,7 +105,6 @@ def _check_model_kwargs(config: ml_collections.ConfigDict) -> None:
 
 
 def _dataset_info(config: ml_collections.ConfigDict) -> input_pipeline.DatasetInfo:
-  """``config.dataset``'s description; an unknown, unprepared or mis-sized data set is a user error."""
   try:
     return input_pipeline.get_dataset_info(
       config.dataset, data_dir=config.data_dir, image_size=config.image_size, augmentation=config.augmentation
@@ -125,11 +120,7 @@ def _dataset_info(config: ml_collections.ConfigDict) -> input_pipeline.DatasetIn
 
 
 def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> input_pipeline.DatasetInfo:
-  """Checks ``config`` for ``num_devices`` devices (all processes) and returns its data set's description.
-
-  Raises:
-    ConfigError: naming the first field that is unknown, out of range, or inconsistent with the devices.
-  """
+  """Checks ``config`` for ``num_devices`` devices (all processes); returns its data set's description."""
   for field, registry in _NAMES.items():
     if config[field] not in registry:
       names = sorted(name for name in registry if name is not None)
@@ -139,19 +130,12 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> i
       )
   _check_ranges(config)
   _check_model_kwargs(config)
-  shards = num_devices * config.grad_accum_steps
-  if config.batch_size % shards:
-    raise ConfigError(
-      f"config.batch_size={config.batch_size} must be divisible by the device count times "
-      f"config.grad_accum_steps ({num_devices} x {config.grad_accum_steps} = {shards})."
-    )
-  if config.eval_batch_size is not None and config.eval_batch_size % num_devices:
-    raise ConfigError(
-      f"config.eval_batch_size={config.eval_batch_size} must be divisible by {num_devices} devices."
-    )
+  batch, eval_batch, k = config.batch_size, config.eval_batch_size, config.grad_accum_steps
+  if batch % (num_devices * k):
+    raise ConfigError(f"config.batch_size={batch} must divide into {num_devices} devices x {k} micro-batches")
+  if eval_batch is not None and eval_batch % num_devices:
+    raise ConfigError(f"config.eval_batch_size={eval_batch} must be divisible by the {num_devices} devices.")
   info = _dataset_info(config)
-  if config.batch_size > info.num_train:
-    raise ConfigError(
-      f"config.batch_size={config.batch_size} is larger than the training split ({info.num_train})."
-    )
+  if batch > info.num_train:
+    raise ConfigError(f"config.batch_size={batch} is larger than the training split ({info.num_train}).")
   return info

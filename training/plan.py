@@ -12,6 +12,7 @@ import input_pipeline
 import lars_optax
 import models
 from training import config_checks, optimizers
+from training.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +36,8 @@ def _steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> tuple[int
   schedule = lars_optax.epochs_to_steps(config.num_epochs, steps_per_epoch, name="num_epochs")
   warmup = lars_optax.epochs_to_steps(config.warmup_epochs, steps_per_epoch, name="warmup_epochs")
   run = schedule if config.num_train_steps == -1 else config.num_train_steps
+  if run > config_checks.INT32_MAX:  # The loop's step counter is an int32.
+    raise ConfigError(f"config.num_epochs={config.num_epochs}: {run} steps overflow the int32 step counter.")
   if run < schedule:  # W·run/T, halves rounded up.
     schedule, warmup = run, (2 * warmup * run + schedule) // (2 * schedule)
   return run, schedule, warmup
@@ -48,27 +51,17 @@ def make_plan(config: ml_collections.ConfigDict, info: input_pipeline.DatasetInf
   """
   steps_per_epoch = lars_optax.steps_per_epoch(info.num_train, config.batch_size)
   with config_checks.library_errors(config, note=f" ({steps_per_epoch} steps per epoch)"):
-    run, schedule_steps, warmup_steps = _steps(config, steps_per_epoch)
-    schedule = optimizers.create_learning_rate_schedule(
-      config, total_steps=schedule_steps, warmup_steps=warmup_steps
-    )
+    run, total, warmup = _steps(config, steps_per_epoch)
+    schedule = optimizers.create_learning_rate_schedule(config, total_steps=total, warmup_steps=warmup)
     tx = optimizers.create_optimizer(config, schedule)
     dtype = jnp.bfloat16 if config.half_precision else jnp.float32
     kwargs = config_checks.model_kwargs(config)
     model = models.get_model(config.model, num_classes=info.num_classes, dtype=dtype, **kwargs)
-  eval_batch_size = config.eval_batch_size or config.batch_size // config.grad_accum_steps
-  full_eval = math.ceil(info.num_eval / eval_batch_size)
+  eval_batch = config.eval_batch_size or config.batch_size // config.grad_accum_steps
+  full_eval = math.ceil(info.num_eval / eval_batch)
+  num_evals = full_eval if config.steps_per_eval == -1 else min(config.steps_per_eval, full_eval)
+  eval_every = steps_per_epoch if config.eval_every_steps == -1 else config.eval_every_steps
+  peak, top1 = optimizers.peak_learning_rate(config), config.expected_top1
   return TrainingPlan(
-    steps_per_epoch=steps_per_epoch,
-    num_train_steps=run,
-    schedule_steps=schedule_steps,
-    warmup_steps=warmup_steps,
-    peak_learning_rate=optimizers.peak_learning_rate(config),
-    eval_batch_size=eval_batch_size,
-    num_eval_steps=full_eval if config.steps_per_eval == -1 else min(config.steps_per_eval, full_eval),
-    eval_every_steps=steps_per_epoch if config.eval_every_steps == -1 else config.eval_every_steps,
-    expected_top1=config.expected_top1,
-    model=model,
-    schedule=schedule,
-    tx=tx,
+    steps_per_epoch, run, total, warmup, peak, eval_batch, num_evals, eval_every, top1, model, schedule, tx
   )

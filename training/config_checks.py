@@ -132,7 +132,10 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> i
   _check_model_kwargs(config)
   batch, eval_batch, k = config.batch_size, config.eval_batch_size, config.grad_accum_steps
   if batch % (num_devices * k):
-    raise ConfigError(f"config.batch_size={batch} must divide into {num_devices} devices x {k} micro-batches")
+    raise ConfigError(
+      f"config.batch_size={batch} must divide into {num_devices} devices x {k} micro-batches "
+      "(config.grad_accum_steps)."
+    )
   if eval_batch is not None and eval_batch % num_devices:
     raise ConfigError(f"config.eval_batch_size={eval_batch} must be divisible by the {num_devices} devices.")
   info = _dataset_info(config)

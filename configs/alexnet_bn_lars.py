@@ -1,11 +1,9 @@
 """AlexNet-BN (batch norm in place of LRN) with LARS: the paper's best-scaling AlexNet.
 
-Command (B = 8192 on 8 GPUs: 4 micro-batches of 256 per GPU; BN statistics per micro-batch as in the
-paper's Caffe runs):
-  python train.py --config=configs/alexnet_bn_lars.py:8192 --config.grad_accum_steps=4 \
-    --config.data_dir=$TFDS_DATA_DIR --workdir=$HOME/runs/alexnet_bn_lars_8k
-TPU pod slice: the same command on every host, e.g. --config=configs/alexnet_bn_lars.py:32768.
-Hardware:  one 8-GPU machine or a TPU pod slice; ImageNet prepared with TFDS in data_dir.
+Command:   python train.py --config=configs/alexnet_bn_lars.py:8192 --config.grad_accum_steps=4 \
+             --config.data_dir=$TFDS_DATA_DIR --workdir=$HOME/runs/alexnet_bn_lars_8k
+Hardware:  8 GPUs (4 micro-batches of 256 each; BN statistics per micro-batch, as in the paper's Caffe
+           runs), or a TPU pod slice running the same command on every host; ImageNet prepared with TFDS.
 Expected:  ImageNet top-1 after 100 epochs: the paper's figure for the batch size (`PAPER` below, with
            its γ_0). Other batch sizes need --config.learning_rate.
 """

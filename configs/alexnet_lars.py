@@ -1,10 +1,9 @@
 """AlexNet (local response normalisation, no batch norm) with LARS: the paper's AlexNet column.
 
-Command (B = 8192 on 8 GPUs of 80 GB: 4 micro-batches of 256 per GPU):
-  python train.py --config=configs/alexnet_lars.py:8192 --config.grad_accum_steps=4 \
-    --config.data_dir=$TFDS_DATA_DIR --workdir=$HOME/runs/alexnet_lars_8k
-TPU pod slice: the same command on every host (no distributed flags), e.g. :32768.
-Hardware:  one 8-GPU machine or a TPU pod slice; ImageNet prepared with TFDS in data_dir.
+Command:   python train.py --config=configs/alexnet_lars.py:8192 --config.grad_accum_steps=4 \
+             --config.data_dir=$TFDS_DATA_DIR --workdir=$HOME/runs/alexnet_lars_8k
+Hardware:  8 GPUs of 80 GB (4 micro-batches of 256 each), or a TPU pod slice running the same command on
+           every host (no distributed flags); ImageNet prepared with TFDS in data_dir.
 Expected:  ImageNet top-1 after 100 epochs: the paper's figure for the batch size (`PAPER` below, with
            its γ_0). Other batch sizes need --config.learning_rate.
 """

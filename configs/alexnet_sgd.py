@@ -1,8 +1,7 @@
 """AlexNet without LARS: momentum SGD, linear LR scaling and warm-up (the paper's baseline).
 
-Command:
-  python train.py --config=configs/alexnet_sgd.py:8192 --config.grad_accum_steps=4 \
-    --config.data_dir=$TFDS_DATA_DIR --workdir=$HOME/runs/alexnet_sgd_8k
+Command:   python train.py --config=configs/alexnet_sgd.py:8192 --config.grad_accum_steps=4 \
+             --config.data_dir=$TFDS_DATA_DIR --workdir=$HOME/runs/alexnet_sgd_8k
 Hardware:  as configs/alexnet_lars.py.
 Expected:  ImageNet top-1 after 100 epochs: the paper's figure for the batch size (`PAPER` below), the
            collapse configs/alexnet_lars.py fixes. LR: 0.01 per 256 images, scaled linearly.

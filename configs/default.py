@@ -5,9 +5,8 @@ Hardware:  CPU, no accelerator, no download (110 steps of batch 128, 10 epochs).
 Expected:  test top-1 98.6% on the 359 test digits at seed 0 (`expected_top1`, printed at start);
            98.6-99.2% over seeds 0-4.
 
-Every other config starts from this one and overrides a few fields. Field names follow Flax's ImageNet
-example where it has one; the LARS hyperparameters are named after `lars_optax.lars`. The comment that
-ends each field's line is its entry in `python train.py --help` (training/cli.py reads it from here).
+Other configs start from this one. Names follow Flax's ImageNet example and `lars_optax.lars`; the comment
+ending a field's line is its `python train.py --help` entry (training/cli.py reads it from here).
 """
 
 import ml_collections

@@ -1,8 +1,7 @@
 """ResNet-50 without LARS: Nesterov momentum SGD, linear LR scaling (0.1 per 256), 5 warm-up epochs.
 
-Command:
-  python train.py --config=configs/resnet50_sgd.py:32768 --config.grad_accum_steps=16 \
-    --config.data_dir=$TFDS_DATA_DIR --workdir=$HOME/runs/resnet50_sgd_32k
+Command:   python train.py --config=configs/resnet50_sgd.py:32768 --config.grad_accum_steps=16 \
+             --config.data_dir=$TFDS_DATA_DIR --workdir=$HOME/runs/resnet50_sgd_32k
 Hardware:  as configs/resnet50_lars.py.
 Expected:  top-1 after 90 epochs as published for this recipe (`PUBLISHED` below; the paper has none).
 """

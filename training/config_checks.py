@@ -53,10 +53,7 @@ def did_you_mean(value: object, choices: Collection[str]) -> str:
 
 @contextlib.contextmanager
 def library_errors(config: ml_collections.ConfigDict, note: str = "") -> Iterator[None]:
-  """Turns a library's or model's ``ValueError``/``TypeError`` into a `ConfigError` naming the field.
-
-  The field is found by the error's ``argument`` (the parameter's name); without one it is a bug, re-raised.
-  """
+  """A library's or model's ValueError/TypeError as a `ConfigError` naming the field of its ``argument``."""
   try:
     yield
   except (ValueError, TypeError) as error:

@@ -1,9 +1,7 @@
 """Optimizers and the learning-rate schedule built from a config, by name.
 
-Weight decay lives in the optimizer only, never in the loss: LARS feeds β‖w‖ into the trust ratio, so a
-decay term in the loss would be counted twice and bypass the masks. ``lars_mask`` picks the leaves the
-LARS optimizers adapt (by default those of rank ≥ 2: biases and batch norm get plain momentum SGD);
-``weight_decay_mask`` the leaves decayed (None: the ``lars_mask``'s; for momentum SGD: rank ≥ 2).
+Weight decay lives in the optimizer only (LARS feeds β‖w‖ into the trust ratio), on the leaves of
+``weight_decay_mask`` (None: ``lars_mask``'s; momentum SGD: rank ≥ 2, kernels).
 """
 
 import functools

@@ -1,8 +1,4 @@
-"""What train.py prints on process 0: the start block, the progress of the steps and the final summary.
-
-Progress is a tqdm bar when stdout is a terminal and ``config.progress_bar`` is set, else one plain line
-per logging step (``step 40/110: loss 0.2143, lr 7.27, 388 img/s``), so that a log file holds no bar frames.
-"""
+"""What train.py prints on process 0: the start block, the progress of the steps and the final summary."""
 
 import os
 import sys
@@ -71,7 +67,8 @@ def eval_line(step: int, record: Mapping[str, float]) -> str:
 
 
 class Progress(tqdm.tqdm):
-  """The progress of the steps on stdout (process 0): a tqdm bar on a terminal, else plain lines."""
+  """The steps on stdout (process 0): a tqdm bar on a terminal with ``progress_bar``, else one plain line
+  per logging step (``step 40/110: loss 0.2143, lr 7.27, 388 img/s``): a log file holds no bar frames."""
 
   def __init__(self, *, total: int, initial: int, progress_bar: bool):
     self.plain = jax.process_index() == 0 and not (progress_bar and sys.stdout.isatty())

@@ -212,3 +212,21 @@ def test_resume_after_sigkill_and_sigterm_equals_uninterrupted_run(reference, tm
     assert record.keys() == ref_record.keys()
     for key in record.keys() - set(TIMING_KEYS):
       np.testing.assert_allclose(record[key], ref_record[key], rtol=1e-5, atol=1e-7, err_msg=key)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize(
+  ("flag", "field"),
+  [
+    ("--config.model_kwargs.dropout_rate=1.5", "model_kwargs.dropout_rate"),
+    ("--config.num_epochs=1e9", "num_epochs"),
+  ],
+)
+def test_a_bad_value_is_one_line_and_exit_2_before_anything_is_written(flag, field, tmp_path):
+  workdir = tmp_path / "workdir"
+  command = [sys.executable, "train.py", flag, f"--workdir={workdir}"]
+  result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == ExitCode.USAGE, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr and f"config.{field}" in result.stderr
+  assert not workdir.exists()

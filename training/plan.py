@@ -17,6 +17,8 @@ from training.errors import ConfigError
 
 @dataclasses.dataclass(frozen=True)
 class TrainingPlan:
+  """One run's step counts (printed at start) and what it trains with."""
+
   steps_per_epoch: int  # ⌊N_train / B⌋
   num_train_steps: int  # the steps this run takes
   schedule_steps: int  # T, the schedule's length: the run's, or the epochs' if the run is longer

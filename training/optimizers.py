@@ -15,6 +15,11 @@ import lars_optax
 MASKS: Mapping[str, Callable] = {"rank": lars_optax.rank_mask, "every_leaf": lars_optax.every_leaf_mask}
 
 
+def _decay_mask(config) -> str | None:
+  """``config.weight_decay_mask``; None (the optimizer's default) also when a config has no such field."""
+  return config.get("weight_decay_mask")
+
+
 def _hyperparameters(config) -> dict:
   """The arguments `lars_optax.lars` and `optax.lars` share, from the config fields of the same meaning."""
   names = ("momentum", "weight_decay", "trust_coefficient", "nesterov")
@@ -24,14 +29,14 @@ def _hyperparameters(config) -> dict:
 def _lars(config, schedule: optax.Schedule, *, trust_clip: bool = False) -> optax.GradientTransformation:
   """The paper's Algorithm 1 (`lars_optax.lars`); ``trust_clip=True``: LARC, min(λ, γ_t) per layer."""
   # None: the library's default, the same leaves as `mask`.
-  decay = {} if config.weight_decay_mask is None else {"weight_decay_mask": MASKS[config.weight_decay_mask]}
+  decay = {} if _decay_mask(config) is None else {"weight_decay_mask": MASKS[_decay_mask(config)]}
   mask = MASKS[config.lars_mask]
   return lars_optax.lars(schedule, mask=mask, trust_clip=trust_clip, **decay, **_hyperparameters(config))
 
 
 def _sgd(config, schedule: optax.Schedule) -> optax.GradientTransformation:
   """Momentum SGD (the paper's baseline): v ← m·v + (g + β·w); w ← w − γ_t·v."""
-  decay_mask = MASKS[config.weight_decay_mask or "rank"]
+  decay_mask = MASKS[_decay_mask(config) or "rank"]
   return optax.chain(
     optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
     optax.sgd(schedule, momentum=config.momentum, nesterov=config.nesterov),
@@ -41,7 +46,7 @@ def _sgd(config, schedule: optax.Schedule) -> optax.GradientTransformation:
 def _optax_lars(config, schedule: optax.Schedule) -> optax.GradientTransformation:
   """``optax.lars`` (trust ratio on ‖g + β·w‖, LR outside it) with the config's masks."""
   masks = {"trust_ratio_mask": MASKS[config.lars_mask]}
-  masks["weight_decay_mask"] = MASKS[config.weight_decay_mask or config.lars_mask]
+  masks["weight_decay_mask"] = MASKS[_decay_mask(config) or config.lars_mask]
   return optax.lars(schedule, **masks, **_hyperparameters(config))
 
 

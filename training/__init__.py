@@ -3,7 +3,6 @@
 - `cli`: train.py's command line: `--help` with every config field, user errors as one message.
 - `errors`: exit statuses and the error classes behind them.
 - `config_checks`: validation of a config before anything compiles.
-- `recipes`: the papers' hyperparameters per batch size, filled into a config.
 - `plan`: batch layout, step counts and learning rate derived at start.
 - `optimizers`: the optimizer registry ("lars", "larc", "sgd", "optax_lars") and the schedule.
 - `steps`: the training and evaluation steps under `jax.pmap` or `jax.jit` with `NamedSharding`.

@@ -25,6 +25,7 @@ def start_block(config, run: plan.TrainingPlan, workdir: str | os.PathLike) -> s
   adapted = "" if config.optimizer == "sgd" else f"; trust ratio on {config.lars_mask} leaves"
   scaled = "" if config.lr_scaling == "none" else f" ({config.lr_scaling} scaling)"
   every = f"every {run.eval_every_steps} steps and " if run.eval_every_steps else ""
+  top1 = run.expected_top1
   evaluation = f"{run.num_eval_steps} batches of {run.eval_batch_size}, {every}at the end"
   rows = {
     "model": config.model + (" (bfloat16 activations)" if config.half_precision else ""),
@@ -38,7 +39,7 @@ def start_block(config, run: plan.TrainingPlan, workdir: str | os.PathLike) -> s
     "learning rate": f"γ_0 = {run.peak_learning_rate:g}{scaled}; linear warm-up over {run.warmup_steps} "
     f"steps, poly({decay:g}) decay to {end:g} at step {run.schedule_steps}",
     "evaluation": evaluation if run.num_eval_steps else "none",
-    "expected": "no published figure" if run.expected_top1 is None else f"{run.expected_top1:g}% top-1",
+    "expected": "no published figure" if top1 is None else f"{top1:g}% top-1 (full run)",
     "workdir": os.fspath(workdir),
   }
   return "\n".join(f"{name + ':':<14} {value}" for name, value in rows.items())

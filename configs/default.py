@@ -15,6 +15,19 @@ from ml_collections.config_dict import placeholder
 from input_pipeline import defaults
 
 
+def _model_kwargs() -> ml_collections.ConfigDict:
+  """Fields of the module `model`, checked at start, e.g. --config.model_kwargs.dropout_rate=0.5; others
+  through a config file or --config.model_kwargs="{'lrn_size': 3}" (which replaces the whole dict)."""
+  return ml_collections.ConfigDict(
+    {
+      "dropout_rate": placeholder(float),  # AlexNets: dropout after each hidden dense layer, in [0, 1).
+      "bn_momentum": placeholder(float),  # Models with batch norm: running-average momentum, in [0, 1).
+      "bn_epsilon": placeholder(float),  # Models with batch norm: variance epsilon.
+      "num_filters": placeholder(int),  # ResNets: channels of the first stage.
+    }
+  )
+
+
 def get_config() -> ml_collections.ConfigDict:
   """The default training config."""
   config = ml_collections.ConfigDict()
@@ -30,17 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Model (models.MODELS) and numerics.
   config.model = "small_alexnet_bn"  # A name in models.MODELS.
-  # Module fields of `model` (None: the module's default), e.g. --config.model_kwargs.dropout_rate=0.5;
-  # other fields of the module through a config file or --config.model_kwargs="{'lrn_size': 3}" (which
-  # replaces the whole dict). Checked against the module's fields and their ranges at start.
-  config.model_kwargs = ml_collections.ConfigDict(
-    {
-      "dropout_rate": placeholder(float),  # AlexNets: dropout after each hidden dense layer, in [0, 1).
-      "bn_momentum": placeholder(float),  # Models with batch norm: running-average momentum, in [0, 1).
-      "bn_epsilon": placeholder(float),  # Models with batch norm: variance epsilon.
-      "num_filters": placeholder(int),  # ResNets: channels of the first stage.
-    }
-  )  # Extra module fields (None: the module's default); also "{'field': value, ...}".
+  config.model_kwargs = _model_kwargs()  # Module fields (None: its default); also "{'field': value, ...}".
   config.half_precision = False  # bfloat16 activations; parameters and optimizer state stay float32.
   config.sync_batch_norm = True  # Batch statistics over all devices (False: per device).
 

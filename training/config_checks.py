@@ -21,9 +21,9 @@ _F32 = float(np.finfo(np.float32).max)
 _INT_RANGES = {
   **dict.fromkeys(("batch_size", "grad_accum_steps", "base_batch_size", "eval_batch_size"), (1, _I32)),
   **dict.fromkeys(("log_every_steps", "keep_checkpoints", "num_train_steps", "prefetch_batches"), (1, _I32)),
-  **dict.fromkeys(("shuffle_buffer_size", "preemption_sync_every_steps"), (1, _I32)),
+  "preemption_sync_every_steps": (1, _I32),
   **dict.fromkeys(("diagnostics_every_steps", "checkpoint_every_steps", "eval_every_steps"), (0, _I32)),
-  **dict.fromkeys(("steps_per_eval", "max_consecutive_skips", "crop_padding", "seed"), (0, _I32)),
+  **dict.fromkeys(("steps_per_eval", "max_consecutive_skips", "seed"), (0, _I32)),
 }
 _SENTINELS = {"eval_batch_size": None, "num_train_steps": -1, "eval_every_steps": -1, "steps_per_eval": -1}
 
@@ -102,18 +102,9 @@ def _check_model_kwargs(config: ml_collections.ConfigDict) -> None:
 
 
 def _dataset_info(config: ml_collections.ConfigDict) -> input_pipeline.DatasetInfo:
-  try:
-    return input_pipeline.get_dataset_info(
-      config.dataset, data_dir=config.data_dir, image_size=config.image_size, augmentation=config.augmentation
-    )
-  except FileNotFoundError as error:  # tfds_data.DatasetNotPreparedError: says how to prepare it.
-    raise ConfigError(f"config.dataset={config.dataset!r}: {error}") from None
-  except (ValueError, TypeError) as error:
-    known = sorted(input_pipeline.ARRAY_DATASETS)
-    raise ConfigError(
-      f"config.dataset={config.dataset!r}, config.image_size={config.image_size!r}: {error} In-memory data "
-      f"sets: {known}; other names are read with TFDS from data_dir.{did_you_mean(config.dataset, known)}"
-    ) from None
+  fields = ("data_dir", "image_size", "augmentation", "crop_padding", "shuffle_buffer_size")
+  with library_errors(config):  # `input_pipeline.InputError.argument` is the field's name.
+    return input_pipeline.check_data_config(config.dataset, **{field: config[field] for field in fields})
 
 
 def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> input_pipeline.DatasetInfo:

@@ -23,8 +23,5 @@ def imagenet_config(*, model: str, batch_size: int, optimizer: str) -> ml_collec
 
 def set_row(config: ml_collections.ConfigDict, table: Mapping[int, Sequence[float]], fields: Sequence[str]):
   """Sets ``fields`` from ``table``'s row for ``config.batch_size``; without one, asks for learning_rate."""
-  if config.batch_size not in table:
-    config.learning_rate = placeholder(float)
-    return
-  for field, value in zip(fields, table[config.batch_size], strict=True):
-    config[field] = value
+  row = table.get(config.batch_size)
+  config.update(dict(zip(fields, row, strict=True)) if row else {"learning_rate": placeholder(float)})

@@ -18,7 +18,6 @@ PAPER = {512: 60.2, 4096: 58.9, 8192: 58.0}
 def get_config(batch_size: str = "8192") -> ml_collections.ConfigDict:
   """AlexNet-BN + momentum SGD at global batch ``batch_size``."""
   config = _imagenet.imagenet_config(model="alexnet_bn", batch_size=int(batch_size), optimizer="sgd")
-  config.learning_rate, config.lr_scaling = 0.01, "linear"  # 0.01 per 256 images, scaled linearly.
-  config.warmup_epochs = 5.0
+  config.update(learning_rate=0.01, lr_scaling="linear", warmup_epochs=5.0)  # 0.01 per 256 images.
   config.expected_top1 = PAPER.get(config.batch_size)
   return config

@@ -18,7 +18,6 @@ PAPER = {512: 58.8, 4096: 53.1, 8192: 44.8}
 def get_config(batch_size: str = "8192") -> ml_collections.ConfigDict:
   """AlexNet + momentum SGD at global batch ``batch_size``."""
   config = _imagenet.imagenet_config(model="alexnet", batch_size=int(batch_size), optimizer="sgd")
-  config.learning_rate, config.lr_scaling = 0.01, "linear"  # 0.01 per 256 images, scaled linearly.
-  config.warmup_epochs = 2.0
+  config.update(learning_rate=0.01, lr_scaling="linear", warmup_epochs=2.0)  # 0.01 per 256 images.
   config.expected_top1 = PAPER.get(config.batch_size)
   return config

@@ -4,7 +4,7 @@
 import contextlib
 import difflib
 import numbers
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 
 import ml_collections
 import numpy as np
@@ -43,12 +43,6 @@ _NAMES |= {"parallelism": steps.PARALLELISM}
 _FIELD_OF_ARGUMENT = {"peak_value": "learning_rate", "base_learning_rate": "learning_rate", "eps": "lars_eps"}
 _FIELD_OF_ARGUMENT |= {"end_value": "end_learning_rate", "power": "lr_decay_power", "mask": "lars_mask"}
 _FIELD_OF_ARGUMENT |= {"total_steps": "num_epochs", "warmup_steps": "warmup_epochs"}
-
-
-def did_you_mean(value: object, choices: Collection[str]) -> str:
-  """`` Did you mean 'x'?`` for the choice closest to ``value``, or an empty string."""
-  close = difflib.get_close_matches(str(value), [str(choice) for choice in choices], n=1, cutoff=0.6)
-  return f" Did you mean {close[0]!r}?" if close else ""
 
 
 @contextlib.contextmanager
@@ -101,20 +95,15 @@ def _check_model_kwargs(config: ml_collections.ConfigDict) -> None:
     )
 
 
-def _dataset_info(config: ml_collections.ConfigDict) -> input_pipeline.DatasetInfo:
-  fields = ("data_dir", "image_size", "augmentation", "crop_padding", "shuffle_buffer_size")
-  with library_errors(config):  # `input_pipeline.InputError.argument` is the field's name.
-    return input_pipeline.check_data_config(config.dataset, **{field: config[field] for field in fields})
-
-
 def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> input_pipeline.DatasetInfo:
   """Checks ``config`` for ``num_devices`` devices (all processes); returns its data set's description."""
   for field, registry in _NAMES.items():
     if config[field] not in registry:
       names = sorted(name for name in registry if name is not None)
+      close = difflib.get_close_matches(str(config[field]), names, n=1)
       raise ConfigError(
         f"config.{field} must be one of {names}{' or None' if None in registry else ''}, got "
-        f"{config[field]!r}.{did_you_mean(config[field], names)}"
+        f"{config[field]!r}.{f' Did you mean {close[0]!r}?' if close else ''}"
       )
   _check_ranges(config)
   _check_model_kwargs(config)
@@ -126,7 +115,9 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> i
     )
   if eval_batch is not None and eval_batch % num_devices:
     raise ConfigError(f"config.eval_batch_size={eval_batch} must be divisible by the {num_devices} devices.")
-  info = _dataset_info(config)
+  fields = ("data_dir", "image_size", "augmentation", "crop_padding", "shuffle_buffer_size")
+  with library_errors(config):  # `input_pipeline.InputError.argument` is the field's name.
+    info = input_pipeline.check_data_config(config.dataset, **{field: config[field] for field in fields})
   if batch > info.num_train:
     raise ConfigError(f"config.batch_size={batch} is larger than the training split ({info.num_train}).")
   return info

@@ -10,9 +10,11 @@ nesting of states, and flatten them for a metrics writer.
 from typing import Any
 
 import jax
+import optax
 
 from lars_optax import _masks
 from lars_optax._trust_ratio import TrustRatioDiagnostics
+from lars_optax._validation import ArgumentTypeError, ArgumentValueError
 
 DIAGNOSTIC_FIELDS = TrustRatioDiagnostics._fields
 
@@ -32,10 +34,19 @@ def find_diagnostics(opt_state: Any) -> dict[str, TrustRatioDiagnostics]:
     >>> list(lars_optax.find_diagnostics(opt.init({"kernel": jnp.ones((2, 2))})))
     ['0/diagnostics']
   """
-  flat, _ = jax.tree_util.tree_flatten_with_path(
-    opt_state, is_leaf=lambda node: isinstance(node, TrustRatioDiagnostics)
+  found = optax.tree_utils.tree_get_all_with_path(
+    opt_state, "diagnostics", filtering=lambda _, node: isinstance(node, TrustRatioDiagnostics)
   )
-  return {_masks.path_to_str(path): node for path, node in flat if isinstance(node, TrustRatioDiagnostics)}
+  return {_state_path(path): node for path, node in found}
+
+
+def _state_path(path: tuple[Any, ...]) -> str:
+  """``"0/diagnostics"``: the path of a state field, NamedTuple fields by their name (``keystr`` style)."""
+  keys = [
+    jax.tree_util.GetAttrKey(key.name) if isinstance(key, optax.tree_utils.NamedTupleKey) else key
+    for key in path
+  ]
+  return _masks.leaf_name(keys)
 
 
 def get_diagnostics(opt_state: Any) -> TrustRatioDiagnostics:
@@ -68,9 +79,10 @@ def get_diagnostics(opt_state: Any) -> TrustRatioDiagnostics:
   found = find_diagnostics(opt_state)
   if len(found) != 1:
     where = ", ".join(found) or "nowhere"
-    raise ValueError(
+    raise ArgumentValueError(
+      "opt_state",
       f"opt_state must hold exactly one lars/scale_by_trust_ratio state; found {len(found)} ({where}). "
-      "Use lars_optax.find_diagnostics to get all of them."
+      "Use lars_optax.find_diagnostics to get all of them.",
     )
   return next(iter(found.values()))
 
@@ -85,6 +97,10 @@ def flatten_diagnostics(diagnostics: TrustRatioDiagnostics, separator: str = "/"
   Returns:
     A flat dict of the per-layer arrays (scalars for ordinary layers), field-major.
 
+  Raises:
+    TypeError: when ``diagnostics`` is not a :class:`TrustRatioDiagnostics` (e.g. ``None``, or a whole
+      optimizer state: pass it through :func:`get_diagnostics` first).
+
   Example:
     >>> import jax.numpy as jnp, lars_optax
     >>> params = {"kernel": jnp.ones((2, 2))}
@@ -94,8 +110,14 @@ def flatten_diagnostics(diagnostics: TrustRatioDiagnostics, separator: str = "/"
     >>> {key: round(float(value), 6) for key, value in flat.items()}
     {'trust_ratio/kernel': 0.001, 'param_norm/kernel': 2.0, 'grad_norm/kernel': 2.0}
   """
+  if not isinstance(diagnostics, TrustRatioDiagnostics):
+    raise ArgumentTypeError(
+      "diagnostics",
+      "diagnostics must be a lars_optax.TrustRatioDiagnostics (from lars_optax.get_diagnostics(opt_state) "
+      f"or a value of lars_optax.find_diagnostics(opt_state)), got {type(diagnostics).__name__}.",
+    )
   flat = {}
   for field in DIAGNOSTIC_FIELDS:
     for path, value in jax.tree_util.tree_flatten_with_path(getattr(diagnostics, field))[0]:
-      flat[f"{field}{separator}{_masks.path_to_str(path, separator)}"] = value
+      flat[f"{field}{separator}{_masks.leaf_name(path, separator)}"] = value
   return flat

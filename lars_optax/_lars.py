@@ -21,7 +21,7 @@ class LarsState(NamedTuple):
 
   count: jax.Array  # type: ignore[assignment]  # int32 scalar: updates so far (Optax's name); γ_t is taken at it.
   momentum: optax.Updates  # v, like params, in ``accumulator_dtype`` (default: the parameters' dtype).
-  diagnostics: TrustRatioDiagnostics  # λ, ‖w‖, ‖g‖ of the last update, float32 per layer.
+  diagnostics: TrustRatioDiagnostics  # λ, ‖w‖, ‖g‖ of the last update, float32 (float64) per layer.
 
 
 def lars(
@@ -33,6 +33,7 @@ def lars(
   eps: ArrayLike = 0.0,
   nesterov: bool = False,
   mask: _masks.Mask = None,
+  weight_decay_mask: _masks.Mask = None,
   trust_clip: bool = False,
   trust_ratio_norm: _trust_ratio.TrustRatioNorm = "paper",
   learning_rate_placement: LearningRatePlacement = "inside",
@@ -46,16 +47,34 @@ def lars(
   For each adapted leaf (a "layer": weights w, gradient g of the loss *without* weight decay) at step t,
   with global learning rate γ_t, momentum m, weight decay β, trust coefficient η:
 
-      λ   = η ‖w‖ / (‖g‖ + β ‖w‖ + ε)          local LR (eq. 6); 1 where ‖w‖ = 0 or ‖g‖ = 0
-      v_t = m v_{t-1} + γ_t λ (g + β w)        LR and trust ratio inside the buffer (Algorithm 1)
-      w  <- w - v_t
+  .. math::
+
+    \lambda = \frac{\eta \lVert w \rVert}{\lVert g \rVert + \beta \lVert w \rVert + \epsilon}
+      \quad \text{(eq. 6; 1 where } \lVert w \rVert = 0 \text{ or } \lVert g \rVert = 0\text{)}
+
+    v_t = m\, v_{t-1} + \gamma_t \lambda\, (g + \beta w), \qquad w \leftarrow w - v_t
+      \quad \text{(Algorithm 1: LR and trust ratio inside the buffer)}
 
   Excluded leaves (``mask`` False; by default every leaf whose per-layer rank is ≤ 1: biases, batch-norm
-  scale and offset) get plain momentum SGD with no weight decay and no trust ratio, at the global LR times
-  ``excluded_lr_scale`` = s: v_t = m v_{t-1} + s γ_t g. That suits batch-norm networks (MLPerf's
-  ResNet-50). Without batch norm, a bias stepped by plain SGD at a LARS-sized γ_0 (≥ 1) can wreck training;
-  there pass ``mask=lars_optax.every_leaf_mask`` (every layer's weights and biases adapted, as the paper's
-  Algorithm 1 reads) or a small ``excluded_lr_scale``.
+  scale and offset) get plain momentum SGD with no trust ratio, at the global LR times
+  ``excluded_lr_scale`` = s: :math:`v_t = m\, v_{t-1} + s \gamma_t g`. That suits batch-norm networks
+  (MLPerf's ResNet-50). Without batch norm, a bias stepped by plain SGD at a LARS-sized γ_0 (≥ 1) can
+  wreck training; there pass ``mask=lars_optax.every_leaf_mask`` (every layer's weights and biases
+  adapted, as the paper's Algorithm 1 reads) or a small ``excluded_lr_scale``.
+
+  Weight decay and adaptation chosen separately (``weight_decay_mask``; ``None`` follows ``mask``). Per
+  leaf, with d the direction the momentum buffer accumulates:
+
+  ===============================  =====================================================================
+  leaf                             step
+  ===============================  =====================================================================
+  adapted, decayed (default)       λ = η‖w‖/(‖g‖ + β‖w‖ + ε), d = g + βw, rate γ_t λ
+  adapted, not decayed             β = 0 in λ and d: λ = η‖w‖/(‖g‖ + ε), d = g, rate γ_t λ
+  excluded, decayed                plain momentum SGD on d = g + βw at rate s γ_t (no trust ratio)
+  excluded, not decayed (default)  plain momentum SGD on d = g at rate s γ_t
+  ===============================  =====================================================================
+
+  The variants below apply to these rates as written for the default cases.
 
   Variants (options; the defaults give the paper):
 
@@ -72,10 +91,15 @@ def lars(
   ======================================  =====================================================  =============
 
   In full, with r_t the per-leaf rate (γ_t λ, LARC min(λ, γ_t), excluded s γ_t) and ρ_t its outside form
-  (λ, LARC min(λ/γ_t, 1), excluded 1), d_t = g + β w for adapted and g for excluded leaves:
+  (λ, LARC min(λ/γ_t, 1), excluded 1), d_t = g + β w for decayed and g for other leaves:
 
-      inside:   v_t = m v_{t-1} + r_t d_t;  Δw = -v_t,  Nesterov Δw = -(m v_t + r_t d_t)
-      outside:  v_t = m v_{t-1} + ρ_t d_t;  Δw = -c γ_t v_t,  Nesterov Δw = -c γ_t (m v_t + ρ_t d_t)
+  .. math::
+
+    \text{inside:}\quad v_t = m\, v_{t-1} + r_t d_t, \quad \Delta w = -v_t
+      \quad \text{(Nesterov: } \Delta w = -(m\, v_t + r_t d_t)\text{)}
+
+    \text{outside:}\quad v_t = m\, v_{t-1} + \rho_t d_t, \quad \Delta w = -c \gamma_t v_t
+      \quad \text{(Nesterov: } \Delta w = -c \gamma_t (m\, v_t + \rho_t d_t)\text{)}
 
   with c = s for excluded leaves and 1 otherwise. Inside and outside differ only when γ_t changes.
 
@@ -83,8 +107,9 @@ def lars(
   takes a raw step of γ_t (times 1, not η): with MLPerf's γ_0 = 29 that is a large first step, by design of
   the convention (MLPerf, timm, Flax). No NaN or Inf is formed.
 
-  Numerics: norms are accumulated in float32 whatever the parameter dtype, and the update is computed in
-  float32 then cast to the gradient dtype; the momentum buffer is kept in ``accumulator_dtype``.
+  Numerics: norms are accumulated in float32 whatever the parameter dtype (float64 for float64 parameters),
+  and the update is computed in float32 (float64) then cast to the gradient dtype; the momentum buffer is
+  kept in ``accumulator_dtype``.
 
   Diagnostics: after each update, ``state.diagnostics`` (see :func:`lars_optax.get_diagnostics`) holds per
   layer λ (before LARC's clip; 1 for excluded leaves), ‖w‖ before the update, and ‖g‖ (``"paper"`` and
@@ -94,12 +119,15 @@ def lars(
   Args:
     learning_rate: γ_t ≥ 0, a float or an Optax schedule (evaluated at the count before it increments).
     momentum: m in [0, 1).
-    weight_decay: β ≥ 0, applied by the optimizer to adapted leaves (keep it out of the loss).
+    weight_decay: β ≥ 0, applied by the optimizer to the leaves of ``weight_decay_mask`` (keep it out of
+      the loss).
     trust_coefficient: η > 0 (the paper keeps 0.001).
     eps: ε ≥ 0 in the trust ratio's denominator.
     nesterov: Nesterov momentum, as in the formulas above.
     mask: which leaves are adapted: ``None`` (per-layer rank > 1), a pytree of bools with the structure of
       the parameters, or a callable mapping the parameters to one (e.g. :func:`lars_optax.exclude_names`).
+    weight_decay_mask: which leaves get weight decay, in the same forms as ``mask``; ``None`` (default):
+      the leaves of ``mask``. See the table of the four cases above.
     trust_clip: LARC: the effective per-layer rate is min(λ, γ_t) instead of γ_t λ.
     trust_ratio_norm: ``"paper"`` (‖g‖ + β‖w‖) or ``"update"`` (‖g + βw‖) in the denominator.
     learning_rate_placement: ``"inside"`` the momentum buffer (paper) or ``"outside"`` it.
@@ -117,18 +145,23 @@ def lars(
   Raises:
     TypeError: at construction, for a number that is not a real number (a str, None, a bool, complex), a
       flag that is not a bool, an option name that is not a str, a ``mask``, ``layer_axes``, ``axis_name``
-      or ``accumulator_dtype`` not of an allowed form; at ``init``, for parameters that are not floating
-      point (their fractional updates would be truncated).
-    ValueError: at construction, for an infinite or NaN hyperparameter, a negative learning rate or weight
-      decay, momentum outside [0, 1), a non-positive trust coefficient, a negative eps or
-      excluded_lr_scale, an unknown option name or a non-floating ``accumulator_dtype``; at ``init``, for a
-      ``mask`` or ``layer_axes`` that does not fit the parameters.
+      ``weight_decay_mask`` or ``accumulator_dtype`` not of an allowed form; at ``init``, for parameters
+      that are not floating point (their fractional updates would be truncated); at the first ``update``,
+      for gradients that are not floating point, naming the leaf.
+    ValueError: at construction, for an infinite or NaN hyperparameter, one beyond float32's range (about
+      3.4e38), a negative learning rate or weight decay, momentum outside [0, 1), a non-positive trust
+      coefficient, a negative eps or excluded_lr_scale, an unknown option name, a non-floating
+      ``accumulator_dtype``, or a schedule that raises or is negative where it is checked; at ``init``, for
+      a ``mask``, ``weight_decay_mask`` or ``layer_axes`` that does not fit the parameters.
+
+    Each error about an argument has the attribute ``argument``: the argument's name as in this signature
+    (e.g. ``"momentum"``), so that a program maps it to its own setting without parsing the message.
 
   What construction checks: Python and NumPy numbers in full. A JAX array or tracer (e.g. from
   ``optax.inject_hyperparams`` under ``jit``) only for a numeric scalar dtype and shape: its value is not
   read, so that construction never waits for a device. A schedule is evaluated eagerly at steps 0, 1, 10,
   100, ..., 10^7 (int32 counts, as Optax passes them) and must be finite and ≥ 0 there; a schedule that
-  raises or returns a tracer outside ``jit`` is left unchecked, and so are the steps in between.
+  returns a tracer outside ``jit`` is left unchecked, and so are the steps in between.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax, lars_optax
@@ -150,7 +183,7 @@ def lars(
     https://arxiv.org/abs/1706.02677 (LR inside vs outside the momentum buffer).
   """
   _validation.check_learning_rate("learning_rate", learning_rate)
-  checked_momentum = _validation.check_momentum("momentum", momentum)
+  checked_momentum = _validation.check_number("momentum", momentum, _validation.UNIT_INTERVAL)
   _validation.check_bool("nesterov", nesterov)
   _validation.check_bool("trust_clip", trust_clip)
   _validation.check_choice("learning_rate_placement", learning_rate_placement, LEARNING_RATE_PLACEMENTS)
@@ -162,6 +195,7 @@ def lars(
     eps=eps,
     trust_ratio_norm=trust_ratio_norm,
     mask=mask,
+    weight_decay_mask=weight_decay_mask,
     layer_axes=layer_axes,
     axis_name=axis_name,
   )
@@ -173,36 +207,41 @@ def lars(
     return LarsState(count=jnp.zeros([], jnp.int32), momentum=buffers, diagnostics=diagnostics)
 
   def leaf_step_rule(
-    diagnostics: TrustRatioDiagnostics, grad: jax.Array, adapted: bool, lr: Scalar
+    diagnostics: TrustRatioDiagnostics, grad: jax.Array, adapted: bool, decayed: bool, lr: Scalar
   ) -> _LeafStepRule:
-    """The rates of d and the multiplier of Δw for one leaf, from its trust ratio and γ_t."""
-    if not adapted:
-      if inside:  # v <- m v + s γ g;  Δw = -v
-        return _LeafStepRule(LeafRates(excluded_scale * lr, None), -1.0)
-      return _LeafStepRule(LeafRates(1.0, None), -excluded_scale * lr)  # v <- m v + g;  Δw = -s γ v
-    ratio = diagnostics.trust_ratio
+    """The rate of d (d = g + βw where decayed, else g) and the multiplier of Δw for one leaf."""
+    rate: Scalar
     scale: Scalar
-    if inside:  # v <- m v + γ λ d (LARC: min(λ, γ) d);  Δw = -v
-      rate, scale = (jnp.minimum(ratio, lr) if trust_clip else lr * ratio), -1.0
+    ratio = diagnostics.trust_ratio
+    if not adapted:  # inside: v <- m v + s γ d, Δw = -v;  outside: v <- m v + d, Δw = -s γ v
+      rate, scale = (excluded_scale * lr, -1.0) if inside else (1.0, -excluded_scale * lr)
+    elif inside:  # v <- m v + γ λ d (LARC: min(λ, γ) d);  Δw = -v
+      ratio = jnp.minimum(ratio, lr) if trust_clip else lr * ratio
+      rate, scale = _trust_ratio.expand_to(ratio, grad), -1.0
     else:  # v <- m v + λ d (LARC: min(λ/γ, 1) d);  Δw = -γ v
-      rate, scale = (_trust_ratio.clipped_ratio(ratio, lr) if trust_clip else ratio), -lr
-    rate = _trust_ratio.expand_to(rate, grad)
-    return _LeafStepRule(LeafRates(rate, rate * layerwise.weight_decay), scale)
+      ratio = _trust_ratio.clipped_ratio(ratio, lr) if trust_clip else ratio
+      rate, scale = _trust_ratio.expand_to(ratio, grad), -lr
+    return _LeafStepRule(LeafRates(rate, rate * layerwise.weight_decay if decayed else None), scale)
 
   def update_fn(
     updates: optax.Updates, state: LarsState, params: optax.Params | None = None, **extra_args: Any
   ) -> tuple[optax.Updates, LarsState]:
     del extra_args
-    layout = layerwise.layout(params)
+    layout = layerwise.layout(updates, params)
     lr = _trust_ratio.learning_rate_at(learning_rate, state.count)
 
     def update_leaf(
-      grad: jax.Array, param: jax.Array, velocity: jax.Array, adapted: bool, num_layer_axes: int
+      grad: jax.Array,
+      param: jax.Array,
+      velocity: jax.Array,
+      adapted: bool,
+      decayed: bool,
+      num_layer_axes: int,
     ) -> _LeafStep:
-      diagnostics = layerwise.of_leaf(param, grad, adapted, num_layer_axes)
-      rule = leaf_step_rule(diagnostics, grad, adapted, lr)
+      diagnostics = layerwise.of_leaf(param, grad, adapted, decayed, num_layer_axes)
+      rule = leaf_step_rule(diagnostics, grad, adapted, decayed, lr)
       new_velocity = _trust_ratio.add_scaled_direction(  # v <- m v + r d
-        checked_momentum * velocity.astype(jnp.float32), grad, param, rule.rates
+        checked_momentum * velocity.astype(_trust_ratio.wide_dtype(velocity)), grad, param, rule.rates
       )
       descent = new_velocity
       if nesterov:  # m v + r d
@@ -211,7 +250,14 @@ def lars(
       return _LeafStep(new_update, new_velocity.astype(velocity.dtype), diagnostics)
 
     step = _trust_ratio.map_leaves(
-      update_leaf, _LeafStep, updates, params, state.momentum, layout.adapted, layout.num_layer_axes
+      update_leaf,
+      _LeafStep,
+      updates,
+      params,
+      state.momentum,
+      layout.adapted,
+      layout.decayed,
+      layout.num_layer_axes,
     )
     new_state = LarsState(_trust_ratio.next_count(state.count), step.momentum, step.diagnostics)
     return step.update, new_state

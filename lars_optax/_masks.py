@@ -11,10 +11,12 @@ the rank test looks at the rank of one layer.
 """
 
 from collections.abc import Callable, Sequence
-from typing import Any, TypeGuard
+from typing import Any
 
 import jax
 import numpy as np
+
+from lars_optax._validation import ArgumentTypeError, ArgumentValueError, is_int
 
 Params = Any
 MaskTree = Any
@@ -31,10 +33,6 @@ _LAYER_AXES_ALLOWED = (
 _MASK_ALLOWED = "None, a pytree of bools with the structure of the parameters, or a callable returning one"
 
 
-def _is_count(value: Any) -> TypeGuard[int | np.integer]:
-  return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
 def check_layer_axes(layer_axes: LayerAxes) -> None:
   """Raises TypeError/ValueError naming ``layer_axes`` and what it may be, unless it is of an allowed form.
 
@@ -43,61 +41,54 @@ def check_layer_axes(layer_axes: LayerAxes) -> None:
   """
   if layer_axes is None or callable(layer_axes):
     return
-  if _is_count(layer_axes):
+  if is_int(layer_axes):
     if layer_axes < 0:
-      raise ValueError(f"layer_axes must be {_LAYER_AXES_ALLOWED}; got {layer_axes}.")
+      raise ArgumentValueError("layer_axes", f"layer_axes must be {_LAYER_AXES_ALLOWED}; got {layer_axes}.")
     return
   if jax.tree_util.treedef_is_leaf(jax.tree.structure(layer_axes)):
-    raise TypeError(
-      f"layer_axes must be {_LAYER_AXES_ALLOWED}; got {type(layer_axes).__name__} {layer_axes!r}."
+    raise ArgumentTypeError(
+      "layer_axes",
+      f"layer_axes must be {_LAYER_AXES_ALLOWED}; got {type(layer_axes).__name__} {layer_axes!r}.",
     )
   for path, count in jax.tree_util.tree_flatten_with_path(layer_axes)[0]:
-    if not _is_count(count):
-      raise TypeError(
-        f"layer_axes at {path_to_str(path)!r} must be an int, got {type(count).__name__} {count!r}."
+    if not is_int(count):
+      raise ArgumentTypeError(
+        "layer_axes",
+        f"layer_axes at {leaf_name(path)!r} must be an int, got {type(count).__name__} {count!r}.",
       )
     if count < 0:
-      raise ValueError(f"layer_axes at {path_to_str(path)!r} must be >= 0, got {count}.")
+      raise ArgumentValueError("layer_axes", f"layer_axes at {leaf_name(path)!r} must be >= 0, got {count}.")
 
 
-def check_mask(mask: Mask) -> None:
-  """Raises TypeError naming ``mask`` unless it is None, a callable, or a pytree whose leaves are bools."""
+def check_mask(mask: Mask, name: str = "mask") -> None:
+  """Raises TypeError naming ``name`` unless ``mask`` is None, a callable, or a pytree of bools."""
   if mask is None or callable(mask):
     return
   if isinstance(mask, str):
-    raise TypeError(
-      f"mask must be {_MASK_ALLOWED}; got the string {mask!r} (to exclude leaves by name, pass "
-      f"lars_optax.exclude_names({mask!r}))."
+    raise ArgumentTypeError(
+      name,
+      f"{name} must be {_MASK_ALLOWED}; got the string {mask!r} (to exclude leaves by name, pass "
+      f"lars_optax.exclude_names({mask!r})).",
     )
   for path, flag in jax.tree_util.tree_flatten_with_path(mask)[0]:
     if not isinstance(flag, bool | np.bool_):
-      where = f" at {path_to_str(path)!r}" if path else ""
-      raise TypeError(
-        f"mask{where} must be a Python bool, got {type(flag).__name__}. Masks select code paths, so they "
-        f"must be concrete ({_MASK_ALLOWED})."
+      where = f" at {leaf_name(path)!r}" if path else ""
+      raise ArgumentTypeError(
+        name,
+        f"{name}{where} must be a Python bool, got {type(flag).__name__}. Masks select code paths, so "
+        f"they must be concrete ({_MASK_ALLOWED}).",
       )
 
 
-def path_to_str(path: Sequence[Any], separator: str = "/") -> str:
-  """Renders a pytree key path as ``"Conv_0/kernel"``.
+def leaf_name(path: Sequence[Any], separator: str = "/") -> str:
+  """A pytree key path as users see it: ``"Conv_0/kernel"`` (``jax.tree_util.keystr``, ``/``-separated).
 
-  Works for Flax linen dicts, NNX ``State`` (whose leaves sit behind a ``.value`` attribute that is dropped
-  here), lists, tuples and named tuples.
+  A trailing ``.value`` attribute (where Flax NNX ``State`` keeps its arrays) is dropped, so that a Linen
+  dict and an NNX state of the same model give the same names.
   """
-  names = []
-  for key in path:
-    if isinstance(key, jax.tree_util.DictKey):
-      names.append(str(key.key))
-    elif isinstance(key, jax.tree_util.GetAttrKey):
-      if key.name != "value":
-        names.append(key.name)
-    elif isinstance(key, jax.tree_util.SequenceKey):
-      names.append(str(key.idx))
-    elif isinstance(key, jax.tree_util.FlattenedIndexKey):
-      names.append(str(key.key))
-    else:
-      names.append(str(key))
-  return separator.join(names)
+  if path and path[-1] == jax.tree_util.GetAttrKey("value"):
+    path = path[:-1]
+  return jax.tree_util.keystr(tuple(path), simple=True, separator=separator)
 
 
 def _ndim(leaf: Any) -> int:
@@ -121,7 +112,7 @@ def resolve_layer_axes(layer_axes: LayerAxes, params: Params) -> Any:
   if callable(layer_axes):
     layer_axes = layer_axes(params)
   check_layer_axes(layer_axes)
-  if _is_count(layer_axes):
+  if is_int(layer_axes):
     same_count = int(layer_axes)
     counts = jax.tree.map(lambda _: same_count, params)
   else:
@@ -129,8 +120,9 @@ def resolve_layer_axes(layer_axes: LayerAxes, params: Params) -> Any:
     counts = layer_axes
   for path, (count, leaf) in _zip_with_path(counts, params):
     if not count <= _ndim(leaf):
-      raise ValueError(
-        f"layer_axes at {path_to_str(path)!r} must be in [0, {_ndim(leaf)}] (the leaf's rank), got {count}."
+      raise ArgumentValueError(
+        "layer_axes",
+        f"layer_axes at {leaf_name(path)!r} must be in [0, {_ndim(leaf)}] (the leaf's rank), got {count}.",
       )
   return jax.tree.map(int, counts)
 
@@ -182,11 +174,13 @@ def exclude_names(*substrings: str) -> Callable[[Params], MaskTree]:
     >>> opt = lars_optax.lars(0.1, mask=lars_optax.exclude_names("bias", "LayerNorm"))
   """
   if not substrings or not all(isinstance(s, str) and s for s in substrings):
-    raise ValueError(f"substrings must be one or more non-empty strings, got {substrings!r}.")
+    raise ArgumentValueError(
+      "substrings", f"substrings must be one or more non-empty strings, got {substrings!r}."
+    )
 
   def mask_fn(params: Params) -> MaskTree:
     return jax.tree_util.tree_map_with_path(
-      lambda path, _: not any(s in path_to_str(path) for s in substrings), params
+      lambda path, _: not any(s in leaf_name(path) for s in substrings), params
     )
 
   return mask_fn
@@ -217,13 +211,14 @@ def every_leaf_mask(params: Params) -> MaskTree:
   return jax.tree.map(lambda _: True, params)
 
 
-def resolve_mask(mask: Mask, params: Params, layer_axes: LayerAxes = None) -> MaskTree:
+def resolve_mask(mask: Mask, params: Params, layer_axes: LayerAxes = None, name: str = "mask") -> MaskTree:
   """Turns ``mask`` into a checked pytree of Python bools with the structure of ``params``.
 
   Args:
     mask: ``None`` (the :func:`rank_mask` default), a pytree of bools, or a callable of the parameters.
     params: the parameters.
     layer_axes: leading layer axes, used by the default mask.
+    name: the argument's name in error messages (``mask`` or ``weight_decay_mask``).
 
   Raises:
     ValueError: when the mask's structure does not match the parameters.
@@ -231,24 +226,31 @@ def resolve_mask(mask: Mask, params: Params, layer_axes: LayerAxes = None) -> Ma
   """
   if mask is None:
     return rank_mask(params, layer_axes=layer_axes)
-  check_mask(mask)
   tree = mask(params) if callable(mask) else mask
-  _check_same_structure("mask", tree, params)
-  for path, (flag, _) in _zip_with_path(tree, params):
-    if not isinstance(flag, bool | np.bool_):
-      raise TypeError(
-        f"mask at {path_to_str(path)!r} must be a Python bool, got {type(flag).__name__}. "
-        "Masks select code paths, so they must be concrete."
-      )
+  check_mask(tree, name)
+  _check_same_structure(name, tree, params)
   return jax.tree.map(bool, tree)
 
 
-def mask_table(params: Params, mask: Mask = None, *, layer_axes: LayerAxes = None) -> str:
-  """A table of which leaves LARS adapts: path, shape, size and adapted yes/no, plus totals.
+def resolve_weight_decay_mask(
+  weight_decay_mask: Mask, mask: Mask, params: Params, layer_axes: LayerAxes = None
+) -> MaskTree:
+  """The leaves that get weight decay: ``weight_decay_mask`` resolved, or those of ``mask`` when None."""
+  if weight_decay_mask is None:
+    return resolve_mask(mask, params, layer_axes)
+  return resolve_mask(weight_decay_mask, params, layer_axes, name="weight_decay_mask")
+
+
+def mask_table(
+  params: Params, mask: Mask = None, *, weight_decay_mask: Mask = None, layer_axes: LayerAxes = None
+) -> str:
+  """A table of what LARS does to each leaf: path, shape, size, adapted and decayed yes/no, plus totals.
 
   Args:
     params: the parameters (arrays or ``jax.ShapeDtypeStruct``, e.g. from ``jax.eval_shape``).
-    mask: as accepted by :func:`lars_optax.lars`.
+    mask: as accepted by :func:`lars_optax.lars`: the leaves with a trust ratio ("adapted").
+    weight_decay_mask: as accepted by :func:`lars_optax.lars`: the leaves with weight decay ("decayed");
+      ``None`` follows ``mask``.
     layer_axes: as accepted by :func:`lars_optax.lars`.
 
   Returns:
@@ -258,56 +260,65 @@ def mask_table(params: Params, mask: Mask = None, *, layer_axes: LayerAxes = Non
     >>> import jax.numpy as jnp, lars_optax
     >>> params = {"Dense_0": {"kernel": jnp.ones((3, 4)), "bias": jnp.zeros(4)}}
     >>> lars_optax.mask_table(params).splitlines()[-1]
-    '2 leaves: 1 adapted (12 parameters), 1 excluded (4 parameters)'
+    '2 leaves: 1 adapted (12 parameters), 1 excluded (4 parameters); 1 decayed (12 parameters)'
   """
-  flags = resolve_mask(mask, params, layer_axes)
+  adapted = jax.tree.leaves(resolve_mask(mask, params, layer_axes))
+  decayed = jax.tree.leaves(resolve_weight_decay_mask(weight_decay_mask, mask, params, layer_axes))
+  header = ("path", "shape", "size", "adapted", "decayed")
   rows = []
-  totals = {True: [0, 0], False: [0, 0]}
-  for path, (flag, leaf) in _zip_with_path(flags, params):
-    size = int(np.prod(np.shape(leaf)))
-    totals[flag][0] += 1
-    totals[flag][1] += size
-    rows.append((path_to_str(path), str(tuple(np.shape(leaf))), f"{size:,}", "yes" if flag else "no"))
-  header = ("path", "shape", "size", "adapted")
+  for (path, leaf), is_adapted, is_decayed in zip(
+    jax.tree_util.tree_flatten_with_path(params)[0], adapted, decayed, strict=True
+  ):
+    shape = np.shape(leaf)
+    yes_no = ("yes" if is_adapted else "no", "yes" if is_decayed else "no")
+    rows.append((leaf_name(path), str(tuple(shape)), f"{int(np.prod(shape)):,}", *yes_no))
   widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
   lines = [
     "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
     for row in [header, *rows]
   ]
   lines.insert(1, "  ".join("-" * width for width in widths))
-  (adapted_leaves, adapted_size), (excluded_leaves, excluded_size) = totals[True], totals[False]
+  sizes = [int(np.prod(np.shape(leaf))) for leaf in jax.tree.leaves(params)]
+
+  def total(flags: list[bool], wanted: bool, what: str) -> str:
+    chosen = [size for size, flag in zip(sizes, flags, strict=True) if flag == wanted]
+    return f"{len(chosen)} {what} ({sum(chosen):,} parameters)"
+
   lines.append(
-    f"{adapted_leaves + excluded_leaves} leaves: {adapted_leaves} adapted ({adapted_size:,} parameters), "
-    f"{excluded_leaves} excluded ({excluded_size:,} parameters)"
+    f"{len(sizes)} leaves: {total(adapted, True, 'adapted')}, {total(adapted, False, 'excluded')}; "
+    f"{total(decayed, True, 'decayed')}"
   )
   return "\n".join(lines)
 
 
-def print_mask_table(params: Params, mask: Mask = None, *, layer_axes: LayerAxes = None) -> None:
-  """Prints :func:`mask_table` for ``params``: see what your mask does before training.
+def print_mask_table(
+  params: Params, mask: Mask = None, *, weight_decay_mask: Mask = None, layer_axes: LayerAxes = None
+) -> None:
+  """Prints :func:`mask_table` for ``params``: see what your masks do before training.
 
   Example:
     >>> import jax.numpy as jnp, lars_optax
     >>> params = {"Dense_0": {"kernel": jnp.ones((3, 4)), "bias": jnp.zeros(4)}}
     >>> params["BatchNorm_0"] = {"scale": jnp.ones(4)}
-    >>> lars_optax.print_mask_table(params)
-    path               shape   size  adapted
-    -----------------  ------  ----  -------
-    BatchNorm_0/scale  (4,)    4     no
-    Dense_0/bias       (4,)    4     no
-    Dense_0/kernel     (3, 4)  12    yes
-    3 leaves: 1 adapted (12 parameters), 2 excluded (8 parameters)
+    >>> lars_optax.print_mask_table(params, weight_decay_mask=lars_optax.exclude_names("BatchNorm"))
+    path               shape   size  adapted  decayed
+    -----------------  ------  ----  -------  -------
+    BatchNorm_0/scale  (4,)    4     no       no
+    Dense_0/bias       (4,)    4     no       yes
+    Dense_0/kernel     (3, 4)  12    yes      yes
+    3 leaves: 1 adapted (12 parameters), 2 excluded (8 parameters); 2 decayed (16 parameters)
   """
-  print(mask_table(params, mask, layer_axes=layer_axes))
+  print(mask_table(params, mask, weight_decay_mask=weight_decay_mask, layer_axes=layer_axes))
 
 
 def _check_same_structure(name: str, tree: Any, params: Params) -> None:
   tree_def: Any = jax.tree.structure(tree)  # PyTreeDefs (untyped for mypy)
   params_def: Any = jax.tree.structure(params)
   if tree_def != params_def:
-    raise ValueError(
+    raise ArgumentValueError(
+      name,
       f"{name} must have the structure of the parameters.\n  {name}: {_summary(tree_def)}\n"
-      f"  params: {_summary(params_def)}"
+      f"  params: {_summary(params_def)}",
     )
 
 

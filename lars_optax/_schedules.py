@@ -6,26 +6,21 @@ so the k-th update (k = 1, 2, ...) uses the schedule's value at t = k - 1.
 
 import bisect
 import math
-from numbers import Integral
-from typing import Any, NamedTuple
+import sys
+from typing import NamedTuple
 
 import optax
 from jax.typing import ArrayLike
 
-from lars_optax._validation import check_at_least, check_bool, check_number, check_positive
-
-
-def _as_int(name: str, value: Any) -> int:
-  """Returns ``value`` as an int; `TypeError` naming ``name`` for anything but an integer."""
-  if isinstance(value, bool) or not isinstance(value, Integral):
-    raise TypeError(f"{name} must be an integer, got {value!r}.")
-  return int(value)
-
-
-def _positive_int(name: str, value: Any) -> int:
-  value = _as_int(name, value)
-  check_positive(name, value)
-  return value
+from lars_optax._validation import (
+  INT32_MAX,
+  NON_NEGATIVE,
+  POSITIVE,
+  ArgumentValueError,
+  check_bool,
+  check_int,
+  check_number,
+)
 
 
 def warmup_polynomial_decay(
@@ -77,7 +72,9 @@ def warmup_polynomial_decay(
   Raises:
     TypeError: for a step count that is not an integer, a value that is not a real number (str, None,
       bool), or a non-bool ``warmup_from_first_step``.
-    ValueError: for an infinite, NaN or out-of-range value or count.
+    ValueError: for an infinite, NaN or out-of-range value or count, a value beyond float32's range or a
+      step count beyond int32's (Optax counts steps in int32). Each error has the attribute ``argument``,
+      the argument's name (e.g. ``"total_steps"``).
 
   Example:
     >>> import lars_optax
@@ -93,12 +90,13 @@ def warmup_polynomial_decay(
     Kumar et al., `Scale MLPerf-0.6 models on Google TPU-v3 Pods
     <https://arxiv.org/abs/1909.09756>`_, 2019 (the MLPerf ResNet-50 LARS schedule).
   """
-  total_steps = _positive_int("total_steps", total_steps)
-  warmup_steps = _as_int("warmup_steps", warmup_steps)
-  check_at_least("warmup_steps", warmup_steps, 0)
+  total_steps = check_int("total_steps", total_steps, POSITIVE)
+  warmup_steps = check_int("warmup_steps", warmup_steps, NON_NEGATIVE)
   if warmup_steps > total_steps:
-    raise ValueError(f"warmup_steps must be <= total_steps={total_steps}, got {warmup_steps}.")
-  check_positive("power", power)
+    raise ArgumentValueError(
+      "warmup_steps", f"warmup_steps must be <= total_steps={total_steps}, got {warmup_steps}."
+    )
+  check_number("power", power, POSITIVE)
   check_bool("warmup_from_first_step", warmup_from_first_step)
   for name, value in (
     ("peak_value", peak_value),
@@ -137,14 +135,25 @@ def epochs_to_steps(epochs: float, steps_per_epoch: float, *, name: str = "epoch
   Returns:
     The number of steps, :math:`\ge 0`.
 
+  Raises:
+    ValueError: for negative or non-finite inputs, or a result beyond int32's range (a step count in
+      Optax's int32 counter); its ``argument`` attribute is ``name`` (or ``"steps_per_epoch"``).
+
   Example:
     >>> import lars_optax
     >>> [lars_optax.epochs_to_steps(e, 1) for e in (0.4, 0.5, 2.5)]
     [0, 1, 3]
   """
-  check_at_least(name, epochs, 0.0)
-  check_positive("steps_per_epoch", steps_per_epoch)
-  return math.floor(epochs * steps_per_epoch + 0.5)
+  check_number(name, epochs, NON_NEGATIVE)
+  check_number("steps_per_epoch", steps_per_epoch, POSITIVE)
+  steps = math.floor(epochs * steps_per_epoch + 0.5)
+  if steps > INT32_MAX:
+    raise ArgumentValueError(
+      name,
+      f"{name}={epochs} at {steps_per_epoch} steps per epoch gives {steps:,} steps, more than an int32 "
+      f"step count holds ({INT32_MAX:,}).",
+    )
+  return steps
 
 
 def warmup_polynomial_decay_from_epochs(
@@ -187,13 +196,17 @@ def warmup_polynomial_decay_from_epochs(
     >>> [round(float(schedule(t)), 4) for t in range(6)]
     [0.0, 1.0, 0.5625, 0.25, 0.0625, 0.0]
   """
-  check_positive("steps_per_epoch", steps_per_epoch)
+  check_number("steps_per_epoch", steps_per_epoch, POSITIVE)
   total_steps = epochs_to_steps(num_epochs, steps_per_epoch, name="num_epochs")
   warmup_steps = epochs_to_steps(warmup_epochs, steps_per_epoch, name="warmup_epochs")
   if total_steps == 0:
-    raise ValueError(f"num_epochs={num_epochs} gives no step at {steps_per_epoch} steps per epoch.")
+    raise ArgumentValueError(
+      "num_epochs", f"num_epochs={num_epochs} gives no step at {steps_per_epoch} steps per epoch."
+    )
   if warmup_epochs > num_epochs:
-    raise ValueError(f"warmup_epochs must be <= num_epochs={num_epochs}, got {warmup_epochs}.")
+    raise ArgumentValueError(
+      "warmup_epochs", f"warmup_epochs must be <= num_epochs={num_epochs}, got {warmup_epochs}."
+    )
   return warmup_polynomial_decay(
     peak_value,
     total_steps=total_steps,
@@ -221,20 +234,21 @@ def steps_per_epoch(num_examples: int, batch_size: int, *, drop_remainder: bool 
     >>> [lars_optax.steps_per_epoch(1_281_167, 32_768, drop_remainder=d) for d in (True, False)]
     [39, 40]
   """
-  num_examples = _positive_int("num_examples", num_examples)
-  batch_size = _positive_int("batch_size", batch_size)
+  num_examples = check_int("num_examples", num_examples, POSITIVE, upper=sys.maxsize)
+  batch_size = check_int("batch_size", batch_size, POSITIVE)
   check_bool("drop_remainder", drop_remainder)
   if drop_remainder and num_examples < batch_size:
-    raise ValueError(
-      f"num_examples must be >= batch_size={batch_size} when dropping the remainder, got {num_examples}."
+    raise ArgumentValueError(
+      "num_examples",
+      f"num_examples must be >= batch_size={batch_size} when dropping the remainder, got {num_examples}.",
     )
   return num_examples // batch_size if drop_remainder else -(-num_examples // batch_size)
 
 
 def _batch_ratio(base_learning_rate: float, batch_size: int, base_batch_size: int) -> float:
-  check_at_least("base_learning_rate", base_learning_rate, 0.0)
-  check_positive("batch_size", batch_size)
-  check_positive("base_batch_size", base_batch_size)
+  check_number("base_learning_rate", base_learning_rate, NON_NEGATIVE)
+  check_number("batch_size", batch_size, POSITIVE)
+  check_number("base_batch_size", base_batch_size, POSITIVE)
   return float(batch_size / base_batch_size)
 
 
@@ -313,9 +327,9 @@ class MLPerfHparams(NamedTuple):
     )
 
 
-# (exclusive upper bound on the global batch size, hyperparameters). Every number is a default of
-# Google's JAX ResNet-50 MLPerf Training v0.7 submission (Kumar et al. 2021, below); the docstring's
-# table rounds the last row to 23.08 and 0.954.
+# The recipe: (exclusive upper bound on the global batch size, hyperparameters). Every number is a default
+# of Google's JAX ResNet-50 MLPerf Training v0.7 submission (Kumar et al. 2021, in the docstring below).
+# This table is the one place these numbers live.
 _MLPERF_TABLE = (
   (16_384, MLPerfHparams(10.0, 5, 0.9, 2e-4, 56)),
   (32_768, MLPerfHparams(25.0, 5, 0.9, 2e-4, 56)),
@@ -327,19 +341,13 @@ _MLPERF_TABLE = (
 def mlperf_resnet50_hparams(batch_size: int) -> MLPerfHparams:
   """MLPerf's LARS recipe for ResNet-50 on ImageNet (to 75.9% top-1) at a global batch size.
 
-  ===============  =====  =========  ========  ======  ======
-  batch size       γ0     warm-up    momentum  β       epochs
-  ===============  =====  =========  ========  ======  ======
-  < 16,384         10     5          0.9       2e-4    56
-  < 32,768         25     5          0.9       2e-4    56
-  < 65,536         29     18         0.929     1e-4    64
-  >= 65,536        23.08  33         0.9537    1e-4    92
-  ===============  =====  =========  ========  ======  ======
-
-  All rows: end learning rate 1e-4, power 2, label smoothing 0.1, trust coefficient 0.001, eps 0,
-  biases and batch-norm parameters excluded (the `lars` defaults). The epochs are the submission's
-  defaults; MLPerf Training time-to-accuracy entries trained fewer at small batches (about 35 epochs
-  at 3K and 42-46 at 8K). Rows above 64K extrapolate the 64K recipe.
+  The recipe is a table of four batch-size ranges (below 16K, 32K and 64K, and from 64K on), each giving
+  the peak learning rate γ0, the warm-up epochs, momentum, weight decay β and the number of epochs; its
+  values are in this function's source (``_MLPERF_TABLE``) and are printed by
+  ``[lars_optax.mlperf_resnet50_hparams(b) for b in (8192, 16384, 32768, 65536)]``. Every row shares the
+  end learning rate, power 2 and label smoothing of :class:`MLPerfHparams`'s defaults, trust coefficient
+  0.001, eps 0, and biases and batch-norm parameters excluded (the :func:`lars` defaults). Rows above 64K
+  extrapolate the 64K recipe.
 
   Args:
     batch_size: the positive global batch size.
@@ -359,6 +367,6 @@ def mlperf_resnet50_hparams(batch_size: int) -> MLPerfHparams:
     2019; Kumar et al., `Exploring the limits of concurrency in ML training on Google TPUs
     <https://arxiv.org/abs/2011.03641>`_, 2021 (the JAX entry at batch 65,536).
   """
-  batch_size = _positive_int("batch_size", batch_size)
+  batch_size = check_int("batch_size", batch_size, POSITIVE, upper=sys.maxsize)
   bounds = [bound for bound, _ in _MLPERF_TABLE]
   return _MLPERF_TABLE[bisect.bisect_right(bounds, batch_size)][1]

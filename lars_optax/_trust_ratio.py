@@ -8,8 +8,9 @@ coefficient η and ε (paper, Algorithm 1 and equation (6)):
 
 and λ = 1 where ‖w‖ = 0 or the norm in the denominator (‖g‖, resp. ‖g + β w‖) is 0 (MLPerf, timm and Flax
 convention): a zero-initialised kernel then takes a raw step of the global learning rate. Norms are
-accumulated in float32 whatever the parameter dtype, per slice of the leading ``layer_axes`` of a leaf, and
-summed over ``axis_name`` when a leaf is split across devices (FSDP/ZeRO inside ``pmap``/``shard_map``).
+accumulated in float32 (float64 for float64 parameters) whatever the parameter dtype, per slice of the
+leading ``layer_axes`` of a leaf, and summed over ``axis_name`` when a leaf is split across devices
+(FSDP/ZeRO inside ``pmap``/``shard_map``).
 
 References:
   You, Gitman & Ginsburg, "Large Batch Training of Convolutional Networks", 2017.
@@ -21,7 +22,6 @@ from typing import Any, Literal, NamedTuple, TypeVar, cast, get_args
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.typing import ArrayLike
 
@@ -41,7 +41,8 @@ _Result = TypeVar("_Result", bound=tuple)
 class TrustRatioDiagnostics(NamedTuple):
   """Per-layer quantities of the last update, for logging and plots.
 
-  Each field is a pytree with the structure of the parameters whose leaves are float32 arrays of shape
+  Each field is a pytree with the structure of the parameters whose leaves are float32 arrays (float64 for
+  float64 parameters) of shape
   ``leaf.shape[:layer_axes]`` (scalars for ordinary layers). All three hold zeros before the first update.
   Inside the library the same tuple also carries one leaf's three arrays.
   """
@@ -61,23 +62,30 @@ class ScaleByTrustRatioState(NamedTuple):
 class LeafLayout(NamedTuple):
   """Per-leaf settings resolved against the parameters: pytrees with the structure of the parameters."""
 
-  adapted: Any  # Python bools: True where weight decay and the trust ratio apply.
+  adapted: Any  # Python bools: True where the trust ratio applies (``mask``).
+  decayed: Any  # Python bools: True where weight decay applies (``weight_decay_mask``).
   num_layer_axes: Any  # Python ints: leading axes of the leaf that index stacked layers.
 
 
 class LeafRates(NamedTuple):
-  """The rates of one leaf's step base + r d = base + r g + (r β) w, in float32, broadcastable to the leaf."""
+  """The rates of one leaf's step base + r d = base + r g + (r β) w, broadcastable to the leaf."""
 
   grad_rate: jax.Array | float  # r, the rate of g.
-  decay_rate: jax.Array | None  # r β, the rate of w; None for an excluded leaf (no weight decay, w unread).
+  decay_rate: jax.Array | float | None  # r β, the rate of w; None for a leaf without weight decay (w unread).
+
+
+def wide_dtype(x: Any) -> Any:
+  """The dtype LARS computes a leaf in: float32, or float64 for float64 leaves (never narrower)."""
+  return jnp.promote_types(x.dtype, jnp.float32)
 
 
 def per_layer_l2_norm(x: jax.Array, num_layer_axes: int, axis_name: AxisName | None) -> jax.Array:
-  """‖x‖₂ in float32 of each slice behind the ``num_layer_axes`` leading axes, summed over ``axis_name``.
+  """‖x‖₂ of each slice behind ``num_layer_axes`` leading axes, summed over ``axis_name``.
 
-  A per-layer Euclidean norm (not layer normalisation): shape ``x.shape[:num_layer_axes]``.
+  Computed in :func:`wide_dtype`. A per-layer Euclidean norm (not layer normalisation): shape
+  ``x.shape[:num_layer_axes]``.
   """
-  squares = jnp.sum(jnp.square(x.astype(jnp.float32)), axis=tuple(range(num_layer_axes, x.ndim)))
+  squares = jnp.sum(jnp.square(x.astype(wide_dtype(x))), axis=tuple(range(num_layer_axes, x.ndim)))
   if axis_name is not None:
     squares = jax.lax.psum(squares, axis_name)
   return jnp.sqrt(squares)
@@ -86,9 +94,9 @@ def per_layer_l2_norm(x: jax.Array, num_layer_axes: int, axis_name: AxisName | N
 class LayerwiseTrustRatio(NamedTuple):
   """What :func:`lars_optax.lars` and :func:`scale_by_trust_ratio` share, checked once at construction.
 
-  The hyperparameters of λ, which leaves are adapted (``mask``) and how many leading axes index layers
-  (``layer_axes``); :meth:`init` and :meth:`layout` are the two transformations' ``init`` and ``update``
-  preambles, and :meth:`of_leaf` is λ of one leaf.
+  The hyperparameters of λ, which leaves are adapted (``mask``) and decayed (``weight_decay_mask``) and how
+  many leading axes index layers (``layer_axes``); :meth:`init` and :meth:`layout` are the two
+  transformations' ``init`` and ``update`` preambles, and :meth:`of_leaf` is λ of one leaf.
   """
 
   weight_decay: Scalar
@@ -96,6 +104,7 @@ class LayerwiseTrustRatio(NamedTuple):
   eps: Scalar
   trust_ratio_norm: TrustRatioNorm
   mask: _masks.Mask
+  weight_decay_mask: _masks.Mask
   layer_axes: _masks.LayerAxes
   axis_name: AxisName | None
 
@@ -108,6 +117,7 @@ class LayerwiseTrustRatio(NamedTuple):
     eps: ArrayLike,
     trust_ratio_norm: TrustRatioNorm,
     mask: _masks.Mask,
+    weight_decay_mask: _masks.Mask,
     layer_axes: _masks.LayerAxes,
     axis_name: AxisName | None,
   ) -> "LayerwiseTrustRatio":
@@ -119,6 +129,7 @@ class LayerwiseTrustRatio(NamedTuple):
     checked_eps = _validation.check_number("eps", eps, _validation.NON_NEGATIVE)
     _validation.check_choice("trust_ratio_norm", trust_ratio_norm, TRUST_RATIO_NORMS)
     _masks.check_mask(mask)
+    _masks.check_mask(weight_decay_mask, "weight_decay_mask")
     _masks.check_layer_axes(layer_axes)
     _validation.check_axis_name("axis_name", axis_name)
     return cls(
@@ -127,63 +138,66 @@ class LayerwiseTrustRatio(NamedTuple):
       checked_eps,
       trust_ratio_norm,
       mask,
+      weight_decay_mask,
       layer_axes,
       axis_name,
     )
 
   def init(self, params: optax.Params) -> TrustRatioDiagnostics:
     """The ``init`` preamble: checks the parameters' dtypes, mask and layer axes; returns zero diagnostics."""
-    check_floating_params(params)
-    layout = self.layout(params)
+    _validation.check_floating_leaves("params", params, _NOT_FLOATING)
+    num_layer_axes = self.layout(params, params).num_layer_axes
 
     def zeros() -> optax.Updates:  # A new tree per field: one shared buffer could not be donated.
       return jax.tree.map(
-        lambda leaf, axes: jnp.zeros(jnp.shape(leaf)[:axes], jnp.float32), params, layout.num_layer_axes
+        lambda leaf, axes: jnp.zeros(jnp.shape(leaf)[:axes], wide_dtype(leaf)), params, num_layer_axes
       )
 
     return TrustRatioDiagnostics(trust_ratio=zeros(), param_norm=zeros(), grad_norm=zeros())
 
-  def layout(self, params: optax.Params | None) -> LeafLayout:
-    """The ``update`` preamble: the mask and layer axes resolved against ``params`` (required)."""
+  def layout(self, updates: optax.Updates, params: optax.Params | None) -> LeafLayout:
+    """The ``update`` preamble: floating ``updates``; the masks and layer axes resolved against ``params``."""
     if params is None:
-      raise ValueError(_validation.NO_PARAMS_MSG)
+      raise _validation.ArgumentValueError("params", _validation.NO_PARAMS_MSG)
+    _validation.check_floating_leaves("updates", updates, _NOT_FLOATING)
     adapted = _masks.resolve_mask(self.mask, params, self.layer_axes)
-    return LeafLayout(adapted, _masks.resolve_layer_axes(self.layer_axes, params))
+    decayed = _masks.resolve_weight_decay_mask(self.weight_decay_mask, self.mask, params, self.layer_axes)
+    return LeafLayout(adapted, decayed, _masks.resolve_layer_axes(self.layer_axes, params))
+
+  def decay_of(self, decayed: bool) -> Scalar:
+    """β of one leaf: the weight decay where ``weight_decay_mask`` is True, else 0."""
+    return self.weight_decay if decayed else 0.0
 
   def of_leaf(
-    self, param: jax.Array, grad: jax.Array, adapted: bool, num_layer_axes: int
+    self, param: jax.Array, grad: jax.Array, adapted: bool, decayed: bool, num_layer_axes: int
   ) -> TrustRatioDiagnostics:
-    """λ, ‖w‖ and the denominator's gradient norm of one leaf, float32 of shape ``shape[:num_layer_axes]``.
+    """λ, ‖w‖ and the denominator's gradient norm of one leaf, of shape ``shape[:num_layer_axes]``.
 
-    ``"paper"``: λ = η‖w‖/(‖g‖ + β‖w‖ + ε); ``"update"``: λ = η‖w‖/(‖g + βw‖ + ε). λ = 1 where ‖w‖ = 0 or
-    that gradient norm is 0; no NaN or Inf is formed on the way. An excluded leaf has λ = 1 and reports ‖w‖
-    and ‖g‖.
+    ``"paper"``: λ = η‖w‖/(‖g‖ + β‖w‖ + ε); ``"update"``: λ = η‖w‖/(‖g + βw‖ + ε), with β = 0 for a leaf
+    that is not decayed. λ = 1 where ‖w‖ = 0 or that gradient norm is 0; no NaN or Inf is formed on the
+    way. An excluded leaf has λ = 1 and reports ‖w‖ and ‖g‖.
     """
+    wide = wide_dtype(param)
     param_norm = per_layer_l2_norm(param, num_layer_axes, self.axis_name)
     if not adapted:
-      ones = jnp.ones(jnp.shape(grad)[:num_layer_axes], jnp.float32)
-      return TrustRatioDiagnostics(ones, param_norm, per_layer_l2_norm(grad, num_layer_axes, self.axis_name))
-    if self.trust_ratio_norm == "paper":
+      ones = jnp.ones(jnp.shape(grad)[:num_layer_axes], wide)
+      grad_norm = per_layer_l2_norm(grad, num_layer_axes, self.axis_name).astype(wide)
+      return TrustRatioDiagnostics(ones, param_norm, grad_norm)
+    decay = self.decay_of(decayed)
+    if self.trust_ratio_norm == "paper" or not decayed:
       grad_norm = per_layer_l2_norm(grad, num_layer_axes, self.axis_name)
-      denominator = grad_norm + self.weight_decay * param_norm + self.eps
+      denominator = grad_norm + decay * param_norm + self.eps
     else:
-      decayed = grad.astype(jnp.float32) + self.weight_decay * param.astype(jnp.float32)
-      grad_norm = per_layer_l2_norm(decayed, num_layer_axes, self.axis_name)
+      direction = grad.astype(wide_dtype(grad)) + decay * param.astype(wide)
+      grad_norm = per_layer_l2_norm(direction, num_layer_axes, self.axis_name)
       denominator = grad_norm + self.eps
     zero_norm = jnp.logical_or(param_norm == 0.0, grad_norm == 0.0)
     ratio = self.trust_coefficient * param_norm / jnp.where(zero_norm, 1.0, denominator)
-    return TrustRatioDiagnostics(jnp.where(zero_norm, 1.0, ratio).astype(jnp.float32), param_norm, grad_norm)
+    ratio = jnp.where(zero_norm, 1.0, ratio)
+    return TrustRatioDiagnostics(ratio.astype(wide), param_norm, grad_norm.astype(wide))
 
 
-def check_floating_params(params: optax.Params) -> None:
-  """Raises TypeError when a parameter leaf is not floating point (its fractional update would truncate)."""
-  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-    dtype = np.dtype(leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype)
-    if not jnp.issubdtype(dtype, jnp.floating):
-      raise TypeError(
-        f"params at {_masks.path_to_str(path)!r} must be floating point, got {dtype.name}: LARS updates are "
-        "fractional and would be truncated."
-      )
+_NOT_FLOATING = "LARS updates are fractional and would be truncated."
 
 
 def next_count(count: jax.Array) -> jax.Array:
@@ -204,15 +218,15 @@ def learning_rate_at(learning_rate: optax.ScalarOrSchedule, count: jax.Array) ->
 def add_scaled_direction(
   base: jax.Array | None, grad: jax.Array, param: jax.Array, rates: LeafRates
 ) -> jax.Array:
-  """base + r g + (r β) w in float32 (no w term for an excluded leaf; base 0 when None).
+  """base + r g + (r β) w in float32 or wider (no w term without weight decay; base 0 when None).
 
   Written as two products rather than r (g + β w): a g + β w shared by several consumers (the norm's
   reduction, the momentum and the Nesterov step) would be stored by XLA as a full-size temporary.
   """
-  total = rates.grad_rate * grad.astype(jnp.float32)
+  total = rates.grad_rate * grad.astype(wide_dtype(grad))
   if base is not None:
     total = base + total
-  return total if rates.decay_rate is None else total + rates.decay_rate * param.astype(jnp.float32)
+  return total if rates.decay_rate is None else total + rates.decay_rate * param.astype(wide_dtype(param))
 
 
 def expand_to(per_layer: jax.Array, leaf: jax.Array) -> jax.Array:
@@ -253,6 +267,7 @@ def scale_by_trust_ratio(
   trust_coefficient: ArrayLike = 0.001,
   eps: ArrayLike = 0.0,
   mask: _masks.Mask = None,
+  weight_decay_mask: _masks.Mask = None,
   trust_ratio_norm: TrustRatioNorm = "paper",
   trust_clip: bool = False,
   learning_rate: optax.ScalarOrSchedule | None = None,
@@ -261,14 +276,30 @@ def scale_by_trust_ratio(
 ) -> optax.GradientTransformationExtraArgs:
   r"""Rescales each adapted layer's decayed gradient by its trust ratio; passes excluded leaves through.
 
-  For an adapted leaf (``mask`` True), with λ = η‖w‖/(‖g‖ + β‖w‖ + ε) (``"paper"``) or η‖w‖/(‖g + βw‖ + ε)
-  (``"update"``), and λ = 1 where ‖w‖ or that gradient norm is 0:
+  For each leaf, with weights w, gradient g, trust coefficient η and β the weight decay where
+  ``weight_decay_mask`` is True (β = 0 elsewhere), d = g + β w and
 
-      u = λ · (g + β w)                          (LARS)
-      u = min(λ / γ_t, 1) · (g + β w)            (``trust_clip=True``: LARC; needs ``learning_rate``)
+  .. math::
 
-  and u = g for an excluded leaf (no weight decay, no trust ratio). The transformation keeps no buffers:
-  its state is a step counter (for γ_t) and the diagnostics of the last update.
+    \lambda = \frac{\eta \lVert w \rVert}{\lVert g \rVert + \beta \lVert w \rVert + \epsilon}
+    \quad\text{(paper)} \qquad
+    \lambda = \frac{\eta \lVert w \rVert}{\lVert g + \beta w \rVert + \epsilon}
+    \quad\text{(update norm)},
+
+  with λ = 1 where ‖w‖ or that gradient norm is 0, the output is
+
+  .. math::
+
+    u = \begin{cases}
+      \lambda\, d & \text{adapted leaf (} \texttt{mask} \text{ True): LARS} \\
+      \min(\lambda / \gamma_t, 1)\, d & \text{adapted leaf with } \texttt{trust\_clip}
+        \text{: LARC} \\
+      d & \text{excluded leaf (no trust ratio; } \beta \text{ only if decayed)}
+    \end{cases}
+
+  The four cases per leaf: adapted and decayed (d = g + βw, β in λ); adapted, not decayed (β = 0 in λ and
+  d); excluded and decayed (u = g + βw); excluded, not decayed (u = g). The transformation keeps no
+  buffers: its state is a step counter (for γ_t) and the diagnostics of the last update.
 
   Weight decay is taken here, not from a preceding ``optax.add_decayed_weights``: chaining that first would
   feed g + βw into the denominator and silently give the ``"update"`` norm instead of the paper's.
@@ -284,14 +315,16 @@ def scale_by_trust_ratio(
     (``clip=True``) and timm ``Lars(trust_clip=True)``.
 
   Args:
-    weight_decay: β, added to adapted leaves as g + βw before scaling.
-    trust_coefficient: η (the paper uses 0.001; apex LARC 0.02).
-    eps: ε in the denominator.
+    weight_decay: β ≥ 0, added to decayed leaves as g + βw before scaling.
+    trust_coefficient: η > 0 (the paper uses 0.001; apex LARC 0.02).
+    eps: ε ≥ 0 in the denominator.
     mask: which leaves are adapted: ``None`` (rank > 1, see :func:`lars_optax.rank_mask`), a pytree of
       bools, or a callable of the parameters.
+    weight_decay_mask: which leaves get weight decay, in the same forms as ``mask``; ``None`` (default):
+      the leaves of ``mask``.
     trust_ratio_norm: ``"paper"`` (‖g‖ + β‖w‖) or ``"update"`` (‖g + βw‖).
     trust_clip: LARC clipping; requires ``learning_rate``.
-    learning_rate: γ_t (float or schedule), used only by ``trust_clip``.
+    learning_rate: γ_t (float or schedule) of LARC's clip; only with ``trust_clip=True``.
     layer_axes: leading axes of a leaf that index stacked layers (int, pytree of ints, or callable).
     axis_name: a mapped axis over which leaves are split; squared norms are summed over it.
 
@@ -300,11 +333,15 @@ def scale_by_trust_ratio(
 
   Raises:
     TypeError: at construction, for a hyperparameter that is not a real number (a str, None, a bool...), a
-      flag that is not a bool, or a malformed ``mask``/``layer_axes``; at ``init``, for parameters that are
-      not floating point.
-    ValueError: at construction, for an infinite, NaN or out-of-range hyperparameter, an unknown option
-      name, a learning-rate schedule that is negative where it is checked (see :func:`lars_optax.lars`), or
-      ``trust_clip=True`` without ``learning_rate``.
+      flag that is not a bool, or a malformed ``mask``/``weight_decay_mask``/``layer_axes``; at ``init``,
+      for parameters that are not floating point; at the first ``update``, for updates that are not.
+    ValueError: at construction, for an infinite, NaN, out-of-range or float32-overflowing hyperparameter,
+      an unknown option name, a learning-rate schedule that is negative or raises where it is checked (see
+      :func:`lars_optax.lars`), ``trust_clip=True`` without ``learning_rate`` or ``learning_rate`` without
+      ``trust_clip=True``.
+
+    Each error about an argument has the attribute ``argument``, the argument's name (e.g.
+    ``"weight_decay"``), so that a program can map it to its own setting without parsing the message.
 
   Example:
     >>> import jax.numpy as jnp, optax, lars_optax
@@ -326,12 +363,17 @@ def scale_by_trust_ratio(
     eps=eps,
     trust_ratio_norm=trust_ratio_norm,
     mask=mask,
+    weight_decay_mask=weight_decay_mask,
     layer_axes=layer_axes,
     axis_name=axis_name,
   )
   _validation.check_bool("trust_clip", trust_clip)
-  if trust_clip and learning_rate is None:
-    raise ValueError("learning_rate is required when trust_clip=True (LARC clips λ against γ_t).")
+  if trust_clip != (learning_rate is not None):
+    raise _validation.ArgumentValueError(
+      "learning_rate",
+      "learning_rate is required with trust_clip=True (LARC clips λ against γ_t) and only then (the trust "
+      f"ratio alone does not use it); got trust_clip={trust_clip}, learning_rate={learning_rate!r}.",
+    )
   if learning_rate is not None:
     _validation.check_learning_rate("learning_rate", learning_rate)
 
@@ -345,20 +387,25 @@ def scale_by_trust_ratio(
     **extra_args: Any,
   ) -> tuple[optax.Updates, ScaleByTrustRatioState]:
     del extra_args
-    layout = layerwise.layout(params)
+    layout = layerwise.layout(updates, params)
     lr = learning_rate_at(learning_rate, state.count) if learning_rate is not None else None
 
-    def scale_leaf(grad: jax.Array, param: jax.Array, adapted: bool, num_layer_axes: int) -> _LeafScaling:
-      diagnostics = layerwise.of_leaf(param, grad, adapted, num_layer_axes)
-      if not adapted:
-        return _LeafScaling(grad, diagnostics)  # u = g
-      ratio = diagnostics.trust_ratio
-      factor = expand_to(clipped_ratio(ratio, lr) if lr is not None and trust_clip else ratio, grad)
-      rates = LeafRates(factor, factor * layerwise.weight_decay)
-      scaled = add_scaled_direction(None, grad, param, rates)  # u = λ g + (λ β) w
+    def scale_leaf(
+      grad: jax.Array, param: jax.Array, adapted: bool, decayed: bool, num_layer_axes: int
+    ) -> _LeafScaling:
+      diagnostics = layerwise.of_leaf(param, grad, adapted, decayed, num_layer_axes)
+      if not adapted:  # u = g + β w (decayed) or g
+        factor: jax.Array | float = 1.0
+      else:  # u = λ d, LARC: min(λ/γ, 1) d
+        ratio = diagnostics.trust_ratio
+        factor = expand_to(clipped_ratio(ratio, lr) if lr is not None else ratio, grad)
+      rates = LeafRates(factor, factor * layerwise.weight_decay if decayed else None)
+      scaled = add_scaled_direction(None, grad, param, rates)
       return _LeafScaling(scaled.astype(grad.dtype), diagnostics)
 
-    result = map_leaves(scale_leaf, _LeafScaling, updates, params, layout.adapted, layout.num_layer_axes)
+    result = map_leaves(
+      scale_leaf, _LeafScaling, updates, params, layout.adapted, layout.decayed, layout.num_layer_axes
+    )
     return result.update, ScaleByTrustRatioState(next_count(state.count), result.diagnostics)
 
   return optax.GradientTransformationExtraArgs(init_fn, as_update_fn(update_fn))

@@ -8,7 +8,7 @@ variants' formulas as the README's variant table and ``lars_optax.lars``'s docst
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import jax
@@ -92,8 +92,15 @@ def run(
   mask: dict[str, bool],
   h: Hyper,
   layer_axes: dict[str, int] | None = None,
+  decay_mask: dict[str, bool] | None = None,
 ) -> tuple[dict[str, np.ndarray], list[dict[str, np.ndarray]]]:
-  """Applies len(grads) LARS steps; returns the final parameters and each step's trust ratios."""
+  """Applies len(grads) LARS steps; returns the final parameters and each step's trust ratios.
+
+  ``mask`` chooses the adapted leaves (trust ratio), ``decay_mask`` (default: ``mask``) the decayed ones
+  (weight decay). A leaf that is not decayed has β = 0 both in its trust ratio and in its direction; an
+  excluded leaf that is decayed follows momentum SGD on g + βw at the excluded rate.
+  """
+  decay_mask = mask if decay_mask is None else decay_mask
   w = {k: np.array(v, np.float64) for k, v in params.items()}
   v = {k: np.zeros_like(x) for k, x in w.items()}
   ratios_per_step = []
@@ -104,10 +111,11 @@ def run(
       g = np.array(g_t[name], np.float64)
       lam = np.ones(w[name].shape[:k])
       rate = np.zeros(w[name].shape[:k])
-      direction = g + h.weight_decay * w[name] if mask[name] else g
+      leaf_h = h if decay_mask[name] else replace(h, weight_decay=0.0)
+      direction = g + leaf_h.weight_decay * w[name]
       for index in np.ndindex(*w[name].shape[:k]):
         if mask[name]:
-          lam[index] = slice_trust_ratio(w[name][index], g[index], h)[0]
+          lam[index] = slice_trust_ratio(w[name][index], g[index], leaf_h)[0]
           if h.placement == "inside":
             rate[index] = min(lam[index], lr) if h.trust_clip else lr * lam[index]
           elif h.trust_clip:

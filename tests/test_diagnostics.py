@@ -16,15 +16,21 @@ import pytest
 from flax import nnx
 
 import lars_optax
-from lars_optax import _masks
 
 LR, WD, ETA, EPS = 0.5, 1e-2, 1e-3, 1e-9
 SHAPES = {"conv": {"kernel": (3, 3, 2, 4), "bias": (4,)}, "dense": {"kernel": (8, 3), "bias": (3,)}}
 ADAPTED = {"conv/kernel": True, "conv/bias": False, "dense/kernel": True, "dense/bias": False}
 
 
-def _flat(tree):
-  return {_masks.path_to_str(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+def _flat(tree, prefix=""):
+  """{"conv/kernel": array, ...} of nested dicts (or NNX states), walked by hand."""
+  flat = {}
+  for key, value in tree.items():
+    if hasattr(value, "items"):
+      flat.update(_flat(value, f"{prefix}{key}/"))
+    else:
+      flat[f"{prefix}{key}"] = np.asarray(value)
+  return flat
 
 
 def _random_tree(seed, shapes=SHAPES, dtype=np.float32):
@@ -291,13 +297,40 @@ def test_flatten_diagnostics_keys_and_values():
   paths = ["conv/bias", "conv/kernel", "dense/bias", "dense/kernel"]
   fields = ["trust_ratio", "param_norm", "grad_norm"]
   assert list(flat) == [f"{field}/{path}" for field in fields for path in paths]
-  for field in fields:
-    for path, value in _flat(getattr(diagnostics, field)).items():
-      assert flat[f"{field}/{path}"] is value
+  expected = _reference(params, grads)
+  for index, field in enumerate(fields):
+    for path in paths:
+      np.testing.assert_allclose(flat[f"{field}/{path}"], expected[path][index], rtol=1e-5, err_msg=path)
   dotted = lars_optax.flatten_diagnostics(diagnostics, separator=".")
-  assert list(dotted) == [key.replace("/", ".") for key in flat]
-  # Logging-ready: every value converts to a Python float.
-  assert all(isinstance(float(value), float) for value in flat.values())
+  assert list(dotted) == [
+    "trust_ratio.conv.bias",
+    "trust_ratio.conv.kernel",
+    "trust_ratio.dense.bias",
+    "trust_ratio.dense.kernel",
+    "param_norm.conv.bias",
+    "param_norm.conv.kernel",
+    "param_norm.dense.bias",
+    "param_norm.dense.kernel",
+    "grad_norm.conv.bias",
+    "grad_norm.conv.kernel",
+    "grad_norm.dense.bias",
+    "grad_norm.dense.kernel",
+  ]
+  np.testing.assert_array_equal(list(dotted.values()), list(flat.values()))
+
+
+@pytest.mark.parametrize("value", [None, {"kernel": 1.0}, 0.5])
+def test_flatten_diagnostics_of_something_else_raises_type_error(value):
+  with pytest.raises(TypeError, match="TrustRatioDiagnostics") as info:
+    lars_optax.flatten_diagnostics(value)
+  assert info.value.argument == "diagnostics"
+
+
+def test_flatten_diagnostics_of_a_whole_state_raises_type_error():
+  params = _random_tree(0)
+  state = lars_optax.lars(LR).init(params)
+  with pytest.raises(TypeError, match="get_diagnostics"):
+    lars_optax.flatten_diagnostics(state)
 
 
 def test_diagnostics_of_stacked_layers_are_per_slice():

@@ -18,7 +18,8 @@ import lars_optax
 from lars_optax import _masks
 
 TOTALS_LINE = re.compile(
-  r"^(\d+) leaves: (\d+) adapted \(([\d,]+) parameters\), (\d+) excluded \(([\d,]+) parameters\)$"
+  r"^(\d+) leaves: (\d+) adapted \(([\d,]+) parameters\), (\d+) excluded \(([\d,]+) parameters\); "
+  r"(\d+) decayed \(([\d,]+) parameters\)$"
 )
 
 
@@ -38,9 +39,9 @@ LINEN_SHAPES = {
 
 
 def _parse_table(table):
-  """Splits a mask table into its data rows (path, shape, size, adapted) and its five totals."""
+  """Splits a mask table into its data rows (path, shape, size, adapted, decayed) and its seven totals."""
   lines = table.splitlines()
-  assert re.split(r"\s{2,}", lines[0]) == ["path", "shape", "size", "adapted"]
+  assert re.split(r"\s{2,}", lines[0]) == ["path", "shape", "size", "adapted", "decayed"]
   assert set(lines[1].replace(" ", "")) == {"-"}
   rows = [tuple(re.split(r"\s{2,}", line)) for line in lines[2:-1]]
   totals = TOTALS_LINE.match(lines[-1])
@@ -78,7 +79,12 @@ def _resnet50_params():
 
 
 def _flat(tree):
-  return {_masks.path_to_str(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  """{"Conv_0/kernel": leaf, ...}: JAX's own rendering of key paths, NNX's trailing ".value" dropped."""
+  flat = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    name = jax.tree_util.keystr(path, simple=True, separator="/")
+    flat[name.removesuffix("/value")] = leaf
+  return flat
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -358,16 +364,16 @@ def test_numpy_bools_are_accepted_like_python_bools():
 def test_mask_table_rows_and_totals(capsys):
   params = _shapes(LINEN_SHAPES)
   table = lars_optax.mask_table(params)
-  rows, (leaves, adapted, adapted_size, excluded, excluded_size) = _parse_table(table)
+  rows, (leaves, adapted, adapted_size, excluded, excluded_size, *decayed) = _parse_table(table)
   assert rows == [
-    ("BatchNorm_0/bias", "(4,)", "4", "no"),
-    ("BatchNorm_0/scale", "(4,)", "4", "no"),
-    ("Conv_0/bias", "(4,)", "4", "no"),
-    ("Conv_0/kernel", "(3, 3, 2, 4)", "72", "yes"),
-    ("Dense_0/bias", "(3,)", "3", "no"),
-    ("Dense_0/kernel", "(4, 3)", "12", "yes"),
+    ("BatchNorm_0/bias", "(4,)", "4", "no", "no"),
+    ("BatchNorm_0/scale", "(4,)", "4", "no", "no"),
+    ("Conv_0/bias", "(4,)", "4", "no", "no"),
+    ("Conv_0/kernel", "(3, 3, 2, 4)", "72", "yes", "yes"),
+    ("Dense_0/bias", "(3,)", "3", "no", "no"),
+    ("Dense_0/kernel", "(4, 3)", "12", "yes", "yes"),
   ]
-  assert (leaves, adapted, adapted_size, excluded, excluded_size) == (6, 2, 84, 4, 15)
+  assert (leaves, adapted, adapted_size, excluded, excluded_size, *decayed) == (6, 2, 84, 4, 15, 2, 84)
   lars_optax.print_mask_table(params)
   assert capsys.readouterr().out == table + "\n"
 
@@ -388,7 +394,7 @@ def test_mask_table_follows_the_given_mask():
     "Dense_0/bias": "yes",
     "Dense_0/kernel": "yes",
   }
-  assert counts == (6, 3, 4 + 3 + 12, 3, 4 + 4 + 72)
+  assert counts == (6, 3, 4 + 3 + 12, 3, 4 + 4 + 72, 3, 4 + 3 + 12)
   assert lars_optax.mask_table(params, lars_optax.exclude_names("bias", "scale")) == lars_optax.mask_table(
     params
   )
@@ -398,10 +404,10 @@ def test_mask_table_with_layer_axes_and_large_sizes():
   params = _shapes({"blocks": {"kernel": (12, 1024, 1024), "bias": (12, 1024)}})
   rows, counts = _parse_table(lars_optax.mask_table(params, layer_axes=1))
   assert rows == [
-    ("blocks/bias", "(12, 1024)", "12,288", "no"),
-    ("blocks/kernel", "(12, 1024, 1024)", "12,582,912", "yes"),
+    ("blocks/bias", "(12, 1024)", "12,288", "no", "no"),
+    ("blocks/kernel", "(12, 1024, 1024)", "12,582,912", "yes", "yes"),
   ]
-  assert counts == (2, 1, 12_582_912, 1, 12_288)
+  assert counts == (2, 1, 12_582_912, 1, 12_288, 1, 12_582_912)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -415,8 +421,8 @@ def test_resnet50_mask_table():
   assert len(shapes) == 161
   assert sum(int(np.prod(shape)) for shape in shapes.values()) == 25_557_032
 
-  rows, (leaves, adapted, adapted_size, excluded, excluded_size) = _parse_table(lars_optax.mask_table(params))
-  assert (leaves, adapted, adapted_size, excluded, excluded_size) == (161, 54, 25_502_912, 107, 54_120)
+  rows, counts = _parse_table(lars_optax.mask_table(params))
+  assert counts == (161, 54, 25_502_912, 107, 54_120, 54, 25_502_912)
   assert [row[0] for row in rows] == list(shapes)
   adapted_rows = {row[0] for row in rows if row[3] == "yes"}
 
@@ -467,14 +473,14 @@ def test_masks_on_nnx_state():
 
   rows, counts = _parse_table(lars_optax.mask_table(state))
   assert rows == [
-    ("bn/bias", "(4,)", "4", "no"),
-    ("bn/scale", "(4,)", "4", "no"),
-    ("conv/bias", "(4,)", "4", "no"),
-    ("conv/kernel", "(3, 3, 2, 4)", "72", "yes"),
-    ("linear/bias", "(3,)", "3", "no"),
-    ("linear/kernel", "(4, 3)", "12", "yes"),
+    ("bn/bias", "(4,)", "4", "no", "no"),
+    ("bn/scale", "(4,)", "4", "no", "no"),
+    ("conv/bias", "(4,)", "4", "no", "no"),
+    ("conv/kernel", "(3, 3, 2, 4)", "72", "yes", "yes"),
+    ("linear/bias", "(3,)", "3", "no", "no"),
+    ("linear/kernel", "(4, 3)", "12", "yes", "yes"),
   ]
-  assert counts == (6, 2, 84, 4, 15)
+  assert counts == (6, 2, 84, 4, 15, 2, 84)
 
 
 @pytest.mark.parametrize("mask", [None, lars_optax.exclude_names("bias", "scale")], ids=["rank", "names"])

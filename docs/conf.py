@@ -51,6 +51,26 @@ napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
 autodoc_typehints = "signature"
+autodoc_typehints_format = "short"
+# Type aliases by name in signatures (the library's modules use postponed annotations), not expanded unions;
+# none inside a union ("X | None"), which Sphinx would print as a forward reference.
+autodoc_type_aliases = {
+  "ArrayLike": "jax.typing.ArrayLike",
+  "optax.ScalarOrSchedule": "optax.ScalarOrSchedule",
+  "optax.Schedule": "optax.Schedule",
+  "optax.Params": "optax.Params",
+  "optax.Updates": "optax.Updates",
+  "Mask": "Mask",
+  "_masks.Mask": "Mask",
+  "LayerAxes": "LayerAxes",
+  "_masks.LayerAxes": "LayerAxes",
+  "MaybeAxisName": "AxisName | None",
+  "_trust_ratio.MaybeAxisName": "AxisName | None",
+  "MaybeSchedule": "ScalarOrSchedule | None",
+  "TrustRatioNorm": "TrustRatioNorm",
+  "_trust_ratio.TrustRatioNorm": "TrustRatioNorm",
+  "LearningRatePlacement": "LearningRatePlacement",
+}
 autodoc_member_order = "bysource"
 autodoc_default_options = {"exclude-members": "_asdict, _fields, _field_defaults, _make, _replace"}
 # Type names in annotations that Sphinx cannot resolve to a page of this site are printed, not linked.

@@ -1,5 +1,7 @@
 """LARS (You, Gitman & Ginsburg 2017, Algorithm 1) as one fused Optax transformation, with its variants."""
 
+from __future__ import annotations
+
 from typing import Any, Literal, NamedTuple, get_args
 
 import jax
@@ -40,7 +42,7 @@ def lars(
   excluded_lr_scale: ArrayLike = 1.0,
   layer_axes: _masks.LayerAxes = None,
   accumulator_dtype: DTypeLike | None = None,
-  axis_name: _trust_ratio.AxisName | None = None,
+  axis_name: _trust_ratio.MaybeAxisName = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""LARS: momentum SGD with a layer-wise trust ratio; the default is exactly the paper's Algorithm 1.
 

@@ -10,6 +10,8 @@ Stacked layers (``nn.scan``, ``vmap``-ed blocks) put several layers in one leaf 
 the rank test looks at the rank of one layer.
 """
 
+from __future__ import annotations
+
 from collections.abc import Callable, Sequence
 from typing import Any
 

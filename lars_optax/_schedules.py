@@ -4,6 +4,8 @@ Step-index convention: Optax evaluates a schedule at the update count *before* i
 so the k-th update (k = 1, 2, ...) uses the schedule's value at t = k - 1.
 """
 
+from __future__ import annotations
+
 import bisect
 import math
 import sys

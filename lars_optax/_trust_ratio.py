@@ -17,6 +17,9 @@ References:
   https://arxiv.org/abs/1708.03888
 """
 
+from __future__ import annotations
+
+import typing
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple, TypeVar, cast, get_args
 
@@ -34,6 +37,10 @@ TRUST_RATIO_NORMS: tuple[str, ...] = get_args(TrustRatioNorm)
 
 AxisName = str | tuple[str, ...]
 """A ``pmap``/``shard_map`` axis name, or a tuple of them, over which squared norms are summed."""
+MaybeAxisName = AxisName | None
+"""An :data:`AxisName`, or None (no mapped axis)."""
+MaybeSchedule = optax.ScalarOrSchedule | None
+"""A learning rate (float or schedule), or None."""
 
 _Result = TypeVar("_Result", bound=tuple)
 
@@ -120,7 +127,7 @@ class LayerwiseTrustRatio(NamedTuple):
     weight_decay_mask: _masks.Mask,
     layer_axes: _masks.LayerAxes,
     axis_name: AxisName | None,
-  ) -> "LayerwiseTrustRatio":
+  ) -> LayerwiseTrustRatio:
     """Checks every argument (concrete numbers in full, arrays by dtype and shape) and bundles them."""
     checked_weight_decay = _validation.check_number("weight_decay", weight_decay, _validation.NON_NEGATIVE)
     checked_trust_coefficient = _validation.check_number(
@@ -256,7 +263,7 @@ def map_leaves(
 def _fill(result_type: type[_Result], value: Any) -> _Result:
   """A ``result_type`` with ``value`` in every field, recursing into fields annotated as NamedTuples."""
   fields = []
-  for annotation in result_type.__annotations__.values():
+  for annotation in typing.get_type_hints(result_type).values():
     fields.append(_fill(annotation, value) if hasattr(annotation, "_fields") else value)
   return result_type(*fields)
 
@@ -270,9 +277,9 @@ def scale_by_trust_ratio(
   weight_decay_mask: _masks.Mask = None,
   trust_ratio_norm: TrustRatioNorm = "paper",
   trust_clip: bool = False,
-  learning_rate: optax.ScalarOrSchedule | None = None,
+  learning_rate: MaybeSchedule = None,
   layer_axes: _masks.LayerAxes = None,
-  axis_name: AxisName | None = None,
+  axis_name: MaybeAxisName = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Rescales each adapted layer's decayed gradient by its trust ratio; passes excluded leaves through.
 

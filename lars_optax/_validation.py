@@ -150,8 +150,8 @@ def check_schedule(name: str, schedule: Callable[[Any], Any]) -> None:
     if not np.isfinite(value) or value < 0 or abs(float(value)) > FLOAT32_MAX:
       raise ArgumentValueError(
         name,
-        f"{name} must be a schedule of finite float32 values >= 0, got {float(value)!r} at step {step} "
-        f"(checked at steps {', '.join(map(str, SCHEDULE_CHECK_STEPS))}).",
+        f"{name} must be a schedule of finite values >= 0 (within float32), got {float(value)!r} at step "
+        f"{step} (checked at steps {', '.join(map(str, SCHEDULE_CHECK_STEPS))}).",
       )
 
 
@@ -201,8 +201,8 @@ def check_floating_leaves(name: str, tree: Any, why: str) -> None:
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
     dtype = np.dtype(leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype)
     if not jnp.issubdtype(dtype, jnp.floating):
-      where = jax.tree_util.keystr(path)
-      raise ArgumentTypeError(name, f"{name}{where} must be floating point, got {dtype.name}: {why}")
+      where = jax.tree_util.keystr(path, simple=True, separator="/")
+      raise ArgumentTypeError(name, f"{name} at {where!r} must be floating point, got {dtype.name}: {why}")
 
 
 NO_PARAMS_MSG = (

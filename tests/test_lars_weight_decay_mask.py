@@ -152,22 +152,6 @@ def test_scale_by_trust_ratio_four_cases():
     np.testing.assert_allclose(updates[name], d, rtol=2e-5, atol=1e-7, err_msg=name)
 
 
-def test_mask_table_shows_both_columns():
-  params = {"dense": {"kernel": jnp.ones((3, 4)), "bias": jnp.ones(4)}, "norm": {"scale": jnp.ones(4)}}
-  table = lars_optax.mask_table(
-    params, weight_decay_mask={"dense": {"kernel": True, "bias": True}, "norm": {"scale": False}}
-  )
-  rows = [line.split() for line in table.splitlines()[2:-1]]
-  assert rows == [
-    ["dense/bias", "(4,)", "4", "no", "yes"],
-    ["dense/kernel", "(3,", "4)", "12", "yes", "yes"],
-    ["norm/scale", "(4,)", "4", "no", "no"],
-  ]
-  assert table.splitlines()[-1] == (
-    "3 leaves: 1 adapted (12 parameters), 2 excluded (8 parameters); 2 decayed (16 parameters)"
-  )
-
-
 @pytest.mark.parametrize("transform", [lars_optax.lars, lars_optax.scale_by_trust_ratio])
 def test_bad_weight_decay_mask_names_the_argument(transform):
   args = (0.1,) if transform is lars_optax.lars else ()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal, NamedTuple, get_args
 
 import jax
@@ -201,29 +202,18 @@ def lars(
     layer_axes=layer_axes,
     axis_name=axis_name,
   )
-  inside = learning_rate_placement == "inside"
+  step_rule = functools.partial(
+    _leaf_step_rule,
+    inside=learning_rate_placement == "inside",
+    trust_clip=trust_clip,
+    excluded_scale=excluded_scale,
+    weight_decay=layerwise.weight_decay,
+  )
 
   def init_fn(params: optax.Params) -> LarsState:
     diagnostics = layerwise.init(params)
     buffers = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=buffer_dtype), params)
     return LarsState(count=jnp.zeros([], jnp.int32), momentum=buffers, diagnostics=diagnostics)
-
-  def leaf_step_rule(
-    diagnostics: TrustRatioDiagnostics, grad: jax.Array, adapted: bool, decayed: bool, lr: Scalar
-  ) -> _LeafStepRule:
-    """The rate of d (d = g + βw where decayed, else g) and the multiplier of Δw for one leaf."""
-    rate: Scalar
-    scale: Scalar
-    ratio = diagnostics.trust_ratio
-    if not adapted:  # inside: v <- m v + s γ d, Δw = -v;  outside: v <- m v + d, Δw = -s γ v
-      rate, scale = (excluded_scale * lr, -1.0) if inside else (1.0, -excluded_scale * lr)
-    elif inside:  # v <- m v + γ λ d (LARC: min(λ, γ) d);  Δw = -v
-      ratio = jnp.minimum(ratio, lr) if trust_clip else lr * ratio
-      rate, scale = _trust_ratio.expand_to(ratio, grad), -1.0
-    else:  # v <- m v + λ d (LARC: min(λ/γ, 1) d);  Δw = -γ v
-      ratio = _trust_ratio.clipped_ratio(ratio, lr) if trust_clip else ratio
-      rate, scale = _trust_ratio.expand_to(ratio, grad), -lr
-    return _LeafStepRule(LeafRates(rate, rate * layerwise.weight_decay if decayed else None), scale)
 
   def update_fn(
     updates: optax.Updates, state: LarsState, params: optax.Params | None = None, **extra_args: Any
@@ -232,16 +222,10 @@ def lars(
     layout = layerwise.layout(updates, params)
     lr = _trust_ratio.learning_rate_at(learning_rate, state.count)
 
-    def update_leaf(
-      grad: jax.Array,
-      param: jax.Array,
-      velocity: jax.Array,
-      adapted: bool,
-      decayed: bool,
-      num_layer_axes: int,
-    ) -> _LeafStep:
+    def update_leaf(grad: jax.Array, param: jax.Array, velocity: jax.Array, *leaf_layout: Any) -> _LeafStep:
+      adapted, decayed, num_layer_axes = leaf_layout  # one leaf's LeafLayout
       diagnostics = layerwise.of_leaf(param, grad, adapted, decayed, num_layer_axes)
-      rule = leaf_step_rule(diagnostics, grad, adapted, decayed, lr)
+      rule = step_rule(diagnostics.trust_ratio, grad, lr, adapted, decayed)
       new_velocity = _trust_ratio.add_scaled_direction(  # v <- m v + r d
         checked_momentum * velocity.astype(_trust_ratio.wide_dtype(velocity)), grad, param, rule.rates
       )
@@ -251,20 +235,37 @@ def lars(
       new_update = (rule.update_scale * descent).astype(grad.dtype)  # Δw = -v (inside) or -γ v (outside)
       return _LeafStep(new_update, new_velocity.astype(velocity.dtype), diagnostics)
 
-    step = _trust_ratio.map_leaves(
-      update_leaf,
-      _LeafStep,
-      updates,
-      params,
-      state.momentum,
-      layout.adapted,
-      layout.decayed,
-      layout.num_layer_axes,
-    )
+    step = _trust_ratio.map_leaves(update_leaf, _LeafStep, updates, params, state.momentum, *layout)
     new_state = LarsState(_trust_ratio.next_count(state.count), step.momentum, step.diagnostics)
     return step.update, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, _trust_ratio.as_update_fn(update_fn))
+
+
+def _leaf_step_rule(
+  ratio: jax.Array,
+  grad: jax.Array,
+  lr: Scalar,
+  adapted: bool,
+  decayed: bool,
+  *,
+  inside: bool,
+  trust_clip: bool,
+  excluded_scale: Scalar,
+  weight_decay: Scalar,
+) -> _LeafStepRule:
+  """The rate of d (d = g + βw where decayed, else g) and the multiplier of Δw for one leaf with ratio λ."""
+  rate: Scalar
+  scale: Scalar
+  if not adapted:  # inside: v <- m v + s γ d, Δw = -v;  outside: v <- m v + d, Δw = -s γ v
+    rate, scale = (excluded_scale * lr, -1.0) if inside else (1.0, -excluded_scale * lr)
+  elif inside:  # v <- m v + γ λ d (LARC: min(λ, γ) d);  Δw = -v
+    ratio = jnp.minimum(ratio, lr) if trust_clip else lr * ratio
+    rate, scale = _trust_ratio.expand_to(ratio, grad), -1.0
+  else:  # v <- m v + λ d (LARC: min(λ/γ, 1) d);  Δw = -γ v
+    ratio = _trust_ratio.clipped_ratio(ratio, lr) if trust_clip else ratio
+    rate, scale = _trust_ratio.expand_to(ratio, grad), -lr
+  return _LeafStepRule(LeafRates(rate, rate * weight_decay if decayed else None), scale)
 
 
 class _LeafStepRule(NamedTuple):

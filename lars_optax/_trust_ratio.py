@@ -410,9 +410,7 @@ def scale_by_trust_ratio(
       scaled = add_scaled_direction(None, grad, param, rates)
       return _LeafScaling(scaled.astype(grad.dtype), diagnostics)
 
-    result = map_leaves(
-      scale_leaf, _LeafScaling, updates, params, layout.adapted, layout.decayed, layout.num_layer_axes
-    )
+    result = map_leaves(scale_leaf, _LeafScaling, updates, params, *layout)
     return result.update, ScaleByTrustRatioState(next_count(state.count), result.diagnostics)
 
   return optax.GradientTransformationExtraArgs(init_fn, as_update_fn(update_fn))

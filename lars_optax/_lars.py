@@ -164,7 +164,8 @@ def lars(
   ``optax.inject_hyperparams`` under ``jit``) only for a numeric scalar dtype and shape: its value is not
   read, so that construction never waits for a device. A schedule is evaluated eagerly at steps 0, 1, 10,
   100, ..., 10^7 (int32 counts, as Optax passes them) and must be finite and ≥ 0 there; a schedule that
-  returns a tracer outside ``jit`` is left unchecked, and so are the steps in between.
+  returns a tracer outside ``jit`` or needs a mapped axis is left unchecked, and so are the steps in
+  between; one that raises anything else is refused, its error chained.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax, lars_optax

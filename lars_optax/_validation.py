@@ -14,8 +14,8 @@ What is checked at construction, and how:
   ``jax.jit`` and no construction waits for a device. Its value is not checked.
 - A schedule (a callable learning rate): evaluated eagerly at the steps of :data:`SCHEDULE_CHECK_STEPS`; a
   negative or non-finite value there is a ``ValueError``, and so is an exception raised by the schedule
-  (chained as its cause). A schedule whose value is traced outside ``jit`` is not checked; nor are steps
-  other than those.
+  (chained as its cause). A schedule whose value is traced outside ``jit``, or that needs a mapped axis
+  name, is not checked; nor are steps other than those.
 """
 
 import math
@@ -133,11 +133,18 @@ def check_schedule(name: str, schedule: Callable[[Any], Any]) -> None:
 
   Each step of :data:`SCHEDULE_CHECK_STEPS` is passed as an int32 scalar array, as Optax passes its count;
   checking stops at the first step whose value is traced or not a real scalar (a schedule meant for ``jit``
-  only, or one returning per-layer values), which the update then uses as it is.
+  only, or one returning per-layer values), or that needs a mapped axis (``jax.lax.axis_index``), which
+  the update then uses as it is.
   """
   for step in SCHEDULE_CHECK_STEPS:
     try:
       value = schedule(jnp.asarray(step, jnp.int32))
+    except NameError as error:
+      if "axis name" in str(error):  # It needs a mapped axis (pmap, shard_map): only the update can run it.
+        return
+      raise ArgumentValueError(
+        name, f"{name} is a schedule that raised {type(error).__name__} at step {step}: {error}"
+      ) from error
     except Exception as error:  # Re-raised, naming the argument and the step.
       raise ArgumentValueError(
         name, f"{name} is a schedule that raised {type(error).__name__} at step {step}: {error}"

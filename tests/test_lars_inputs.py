@@ -88,6 +88,13 @@ def test_schedule_that_raises_is_refused_with_its_error_as_cause():
   assert isinstance(info.value.__cause__, ZeroDivisionError)
 
 
+def test_schedule_with_a_typo_is_refused_but_one_needing_a_mapped_axis_is_left_to_the_update():
+  with pytest.raises(ValueError, match="NameError") as info:
+    lars_optax.lars(lambda count: undefined_rate * count)  # noqa: F821
+  assert info.value.argument == "learning_rate"
+  assert lars_optax.lars(lambda count: jax.lax.axis_index("batch") * 0.0 + 0.1) is not None
+
+
 def test_schedule_that_overflows_float32_is_refused():
   with pytest.raises(ValueError, match="learning_rate") as info:
     lars_optax.lars(lambda count: 1e39 * (count + 1.0))

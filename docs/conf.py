@@ -46,9 +46,7 @@ exclude_patterns = ["_build", "**.ipynb_checkpoints", "jupyter_execute"]
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence"]
 myst_heading_anchors = 3
 
-# Docstrings: Google style (Args/Returns/Raises/Example). Types go beside each argument's description, not in
-# the signature: the library's type aliases (a scalar or schedule, a mask) would expand there into unions of
-# every array type and bury the argument names.
+# Docstrings: Google style (Args/Returns/Raises/Example). Signatures keep the source's annotations.
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False

@@ -62,20 +62,21 @@ def _flat(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, obje
   return leaves
 
 
-def _wrap(text: str, indent: int = 0, hanging: int = 4) -> list[str]:
-  indent = max(indent, len(text) - len(text.lstrip()))
-  more = " " * (indent + hanging)
-  return textwrap.wrap(text.strip(), _WIDTH, initial_indent=" " * indent, subsequent_indent=more) or [""]
+def _wrap(text: str, indent: int = 0) -> list[str]:
+  more = " " * (indent + len(text) - len(text.lstrip()) + (4 if text.startswith(" ") else 0))
+  return textwrap.wrap(text, _WIDTH, initial_indent=" " * indent, subsequent_indent=more) or [""]
 
 
 def _entry(flag: str, meaning: str, indent: int) -> list[str]:
-  return [" " * indent + textwrap.shorten(flag, 70, placeholder=" ..."), *_wrap(meaning, indent + 4, 0)]
+  return [" " * indent + textwrap.shorten(flag, 70, placeholder=" ..."), *_wrap(meaning, indent + 4)]
 
 
 def help_text(usage: str, main_flags: list[flags.Flag]) -> str:
   """The text of ``python train.py --help``: ``usage``, train.py's flags, every config field."""
-  lines = [row for line in textwrap.dedent(usage).strip().splitlines() for row in _wrap(line)]
-  lines += ["", "flags:", *_entry("--config=FILE[:ARG] (default: configs/default.py)", _CONFIG_HELP, 2)]
+  paragraphs = textwrap.dedent(usage).strip().split("\n\n")  # prose refilled; indented lines (commands) kept
+  rows = [r for p in paragraphs for r in [*(p.splitlines() if "\n " in p else [" ".join(p.split())]), ""]]
+  lines = [line for row in rows for line in _wrap(row)]
+  lines += ["flags:", *_entry("--config=FILE[:ARG] (default: configs/default.py)", _CONFIG_HELP, 2)]
   for flag in main_flags:
     lines += _entry(f"--{flag.name}={flag.default!r}", flag.help, 2)
   lines += ["", "config fields (--config.FIELD=VALUE), as configs/default.py sets them:"]
@@ -142,8 +143,7 @@ def parse_flags(argv: list[str], *, define_config: Callable[[list[str]], object]
     flag = str(error).removeprefix("flag ").split(": ")[0]  # absl: "flag --NAME=VALUE: REASON"
     fail(f"{flag}: {type(cause).__name__}: {cause}" if cause is not error else str(error))
   except (AttributeError, KeyError):
-    message = _unknown_field(argv)
-    if message is None:
+    if (message := _unknown_field(argv)) is None:
       raise
     fail(message)
   return remaining

@@ -15,19 +15,6 @@ from ml_collections.config_dict import placeholder
 from input_pipeline import defaults
 
 
-def _model_kwargs() -> ml_collections.ConfigDict:
-  """Fields of the module `model`, checked at start, e.g. --config.model_kwargs.dropout_rate=0.5; others
-  through a config file or --config.model_kwargs="{'lrn_size': 3}" (which replaces the whole dict)."""
-  return ml_collections.ConfigDict(
-    {
-      "dropout_rate": placeholder(float),  # AlexNets: dropout after each hidden dense layer, in [0, 1).
-      "bn_momentum": placeholder(float),  # Models with batch norm: running-average momentum, in [0, 1).
-      "bn_epsilon": placeholder(float),  # Models with batch norm: variance epsilon.
-      "num_filters": placeholder(int),  # ResNets: channels of the first stage.
-    }
-  )
-
-
 def get_config() -> ml_collections.ConfigDict:
   """The default training config."""
   config = ml_collections.ConfigDict()
@@ -43,7 +30,16 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Model (models.MODELS) and numerics.
   config.model = "small_alexnet_bn"  # A name in models.MODELS.
-  config.model_kwargs = _model_kwargs()  # Module fields (None: its default); also "{'field': value, ...}".
+  # Module fields of `model` (None: the module's default), checked at start; other fields through a config
+  # file or --config.model_kwargs="{'lrn_size': 3}" (which replaces the whole dict).
+  config.model_kwargs = ml_collections.ConfigDict(
+    {
+      "dropout_rate": placeholder(float),  # AlexNets: dropout after each hidden dense layer, in [0, 1).
+      "bn_momentum": placeholder(float),  # Models with batch norm: running-average momentum, in [0, 1).
+      "bn_epsilon": placeholder(float),  # Models with batch norm: variance epsilon.
+      "num_filters": placeholder(int),  # ResNets: channels of the first stage.
+    }
+  )  # Module fields (None: its default); also "{'field': value, ...}".
   config.half_precision = False  # bfloat16 activations; parameters and optimizer state stay float32.
   config.sync_batch_norm = True  # Batch statistics over all devices (False: per device).
 
@@ -75,6 +71,12 @@ def get_config() -> ml_collections.ConfigDict:
   # Parallelism.
   config.parallelism = "jit"  # "jit" (NamedSharding) or "pmap" (jax.pmap over a "batch" axis).
 
+  _add_loop_fields(config)
+  return config
+
+
+def _add_loop_fields(config: ml_collections.ConfigDict) -> None:
+  """The fields of the training loop: seed, length, logging, evaluation and checkpoint cadence."""
   # Loop.
   config.seed = 0  # Initialisation, data order and dropout all derive from (seed, step).
   config.num_train_steps = -1  # -1: the schedule's length; fewer steps compress the whole schedule.
@@ -87,4 +89,3 @@ def get_config() -> ml_collections.ConfigDict:
   config.preemption_sync_every_steps = 10  # Multi-process: steps between agreeing on a SIGTERM stop.
   config.progress_bar = True  # tqdm bar on a terminal; plain lines when stdout is not one.
   config.expected_top1 = 98.6  # Top-1 (%) the config's source reports for this setup; None: no figure.
-  return config

@@ -101,7 +101,7 @@ def test_help_fits_a_terminal_and_shows_each_field_with_its_default_and_meaning(
     (["--config=configs/nosuchfile.py"], r"--config=configs/nosuchfile.py: .*No such file"),
     (["--nosuchflag"], r"Unknown command line flag 'nosuchflag'"),
     (["--config.model=nosuchmodel"], r"config.model must be one of \['alexnet', .*got 'nosuchmodel'"),
-    (["--config.momentum=1.5"], r"config.momentum=1.5: momentum must be in \[0, 1\)"),
+    (["--config.momentum=1.5"], r"config\.momentum.*\[0, 1\).*1\.5"),
   ],
   ids=[
     "unknown-field",

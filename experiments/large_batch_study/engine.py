@@ -17,12 +17,18 @@ rates of one seed see the same batches (common random numbers make the LR compar
 Runs are advanced ``runs_per_call`` at a time by a `jax.vmap`-ped step: every chunk calls the same
 compiled program, and a vmapped run equals the same run alone to float32 rounding (tested; not bitwise,
 because XLA lowers a convolution whose kernel is batched by `vmap` to a grouped convolution, which sums in
-another order). On CPU the default is one run per call: that grouped convolution was measured 3-12x
-slower on 2 CPU cores than the same runs one after another (small_alexnet, B = 64, 15 runs: 769 vs 2,846
-examples/s; conv1d, B = 256: 3,068 vs 11,172), so vmapping loses there; on GPU/TPU the default is all
-runs in one call. Each
-step is one call from Python rather than a `lax.scan` over the epoch: on XLA's CPU backend convolutions
-inside a loop body were measured 25x slower than the same step called from Python (jax#12868).
+another order). On CPU the default is one run per call, because XLA's CPU backend runs that grouped
+convolution slower than the same runs one after another; on GPU/TPU the default is all runs in one call.
+
+The engine keeps its own training step rather than train.py's (`training.steps`), because a grid is not a
+training run: the step is `jax.vmap`-ped over runs, takes the learning rate as a traced argument (one
+compilation for every γ_0 and epoch budget), gathers its batch on the device from the whole training set
+held there (no input pipeline) and reads the per-layer LARS diagnostics after every epoch. What it shares
+with train.py is what defines the experiment: the models, the optimizer factories
+(`training.optimizers.OPTIMIZERS`), the loss (`training.steps.cross_entropy`) and the data order
+(`input_pipeline.arrays.epoch_permutation`). Like train.py's step it is one call from Python per step,
+never a `lax.scan` over the epoch: on XLA's CPU backend convolutions inside a loop body run an order of
+magnitude slower than the same step called from Python (jax#12868).
 """
 
 import dataclasses

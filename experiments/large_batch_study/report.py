@@ -1,7 +1,10 @@
 """Tables (Markdown), plots (PNG) and raw numbers (JSON) of the large-batch study.
 
-Everything here reads the records of `benchmarks.large_batch_study.run_dataset` (also stored as
-``study_<dataset>.json``), so ``python -m benchmarks.study_report benchmarks/results/study_digits.json``
+Everything here reads the records of `experiments.large_batch_study.study.run_dataset` (also stored as
+``study_<dataset>.json``), so that
+
+  python -m experiments.large_batch_study.report experiments/large_batch_study/results/study_digits.json
+
 re-renders a report without training.
 """
 
@@ -18,6 +21,10 @@ import matplotlib.pyplot as plt
 
 CONTENDERS = ("sgd_linear", "sgd_tuned", "lars")
 ABLATION = "lars_rank_mask"  # lars with the library's default mask (biases, batch norm: plain SGD).
+SMOKE_TEST = (
+  "Smoke test (--quick): tiny settings that check the study runs end to end; these numbers are not the "
+  "study's result."
+)
 
 
 def _pct(entry: Mapping[str, Any]) -> str:
@@ -42,7 +49,8 @@ def headline_sentence(result: Mapping[str, Any]) -> str:
     a, b = small["test_accuracy"][c]["mean"], large["test_accuracy"][c]["mean"]
     return f"{100 * a:.1f}% → {100 * b:.1f}% ({100 * (b - a):+.1f} points)"
 
-  return (
+  smoke = "Smoke test, not the study's result: " if result.get("smoke_test") else ""
+  return smoke + (
     f"{result['dataset']}, {name} (no BN), B = {small['batch_size']} → {large['batch_size']} at "
     f"{result['settings']['num_epochs']} epochs ({small['steps']} → {large['steps']} steps): LARS "
     f"{drop('lars')}, linear-scaled SGD {drop('sgd_linear')}, re-tuned SGD {drop('sgd_tuned')}."
@@ -175,7 +183,7 @@ def setup(result: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
       f"- Data: {result['dataset']}: {result['num_train']:,} training, {result['num_val']:,} validation "
       f"({validation}), "
       f"{result['num_test']:,} test examples.",
-      f"- Budget: {s['num_epochs']} epochs for every batch of {s['batch_sizes']}; linear warm-up over "
+      f"- Budget: {s['num_epochs']} epochs for every batch of {tuple(s['batch_sizes'])}; linear warm-up over "
       f"{100 * s['warmup_fraction']:.0f}% of the steps, then poly(2) to 0; momentum 0.9, weight decay 5e-4 "
       "(SGD: kernels only; LARS: every leaf), LARS η = 0.001 with every layer's weights and biases "
       "adapted (`lars_optax.every_leaf_mask`).",
@@ -191,6 +199,7 @@ def setup(result: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
 
 def markdown(result: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
   parts = [
+    *([f"**{SMOKE_TEST}**"] if result.get("smoke_test") else []),
     f"## Large-batch study: {result['dataset']}",
     headline_sentence(result),
     setup(result, summary),

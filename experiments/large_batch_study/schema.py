@@ -1,8 +1,8 @@
 """The schema of ``study_summary.json`` and the rules of the study's regime, checked on the numbers.
 
-`validate` checks the issue's schema exactly (no key missing, none added, types, accuracies as
-fractions); `regime_problems` checks the paper's protocol at small scale (item 1 of the issue);
-`headline` computes the paper's claim (item 3) from the summary alone.
+`validate` checks the schema exactly (no key missing, none added, types, accuracies as fractions);
+`regime_problems` checks the paper's protocol at small scale (the rules `settings.sweep_for` follows);
+`headline` computes the paper's claim, each contender's loss at the largest batch, from the summary alone.
 """
 
 import math
@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 CONTENDERS = ("sgd_linear", "sgd_tuned", "lars")
-MIN_BATCHES, MIN_RATIO, MIN_STEPS = 4, 16, 200
+MIN_BATCHES, MIN_RATIO, MIN_STEPS = 4, 16, 200  # batch sizes per sweep, largest / smallest, its steps
 
 
 def _require(condition: bool, where: str, what: str) -> None:
@@ -62,7 +62,7 @@ def validate(summary: Any) -> None:
 
 
 def regime_problems(summary: Mapping[str, Any]) -> list[str]:
-  """What breaks the paper's protocol (issue item 1) in a valid summary; empty when none.
+  """What breaks the paper's protocol in a valid summary; empty when none.
 
   Per data set: a no-BN and a BN model; per model at least 4 batch sizes, sorted and distinct, the
   largest at least 16x the smallest and taking at least 200 steps; one epoch budget for the whole sweep,
@@ -92,7 +92,7 @@ def regime_problems(summary: Mapping[str, Any]) -> list[str]:
 
 
 def headline(summary: Mapping[str, Any], dataset: str) -> dict[str, float]:
-  """Item 3 at the largest batch of the no-BN model: each contender's loss against its smallest batch.
+  """The paper's claim at the largest batch of the no-BN model: each contender's loss against its smallest.
 
   Returns ``{"model", "batch_size", "steps", "<contender>_small", "<contender>_large", "<contender>_drop"}``
   with accuracies as fractions and drops as small-batch minus large-batch accuracy.

@@ -2,9 +2,9 @@
 
 The protocol of You, Gitman & Ginsburg (2017, Tables 1-5): one epoch budget E for every batch size B of a
 sweep, so a larger batch takes fewer steps. Per data set, four batch sizes; the largest is 16x the
-smallest and still takes at least 200 optimizer steps in the budget. Three contenders, each with
-momentum m = 0.9, weight decay β = 5e-4 on the kernels (never in the loss), the same linear warm-up
-from 0 and poly(2) decay to 0 at the end of the budget:
+smallest and still takes at least 200 optimizer steps in the budget (`settings.sweep_for` sizes the sweep
+to the data set). Three contenders, each with momentum m = 0.9, weight decay β = 5e-4 on the kernels
+(never in the loss), the same linear warm-up from 0 and poly(2) decay to 0 at the end of the budget:
 
 - ``sgd_linear``: momentum SGD with the linear scaling rule, γ_0(B) = γ_base · B / B_min, γ_base tuned at
   B_min (the paper's baseline, after Goyal et al. 2017);
@@ -18,8 +18,8 @@ LARS-sized γ_0 that wrecks a network without batch norm. The study measures it 
 ``lars_rank_mask``: the no-BN model at the smallest and the largest batch, tuned on the same grid as ``lars``
 (reported in the tables, not in the summary).
 
-Near the whole data set: on digits, the no-BN model is also trained with the whole training set as its
-batch (full-batch, one step per epoch) for ``full_batch_epochs`` = 200 steps, every contender and the
+Near the whole data set: where ``full_batch_epochs`` is set (digits), the no-BN model is also trained with
+the whole training set as its batch (one step per epoch) for that many steps, every contender and the
 ablation, each tuned as above (tables only).
 
 Tuning: a grid of peak learning rates spaced by 2 is trained with seed 0 and the value with the best
@@ -33,19 +33,9 @@ and ``sgd_tuned`` are one and the same tuned run; at every other batch ``sgd_lin
 largest batch, the no-BN model is trained again with ``lars`` and ``sgd_tuned`` for other epoch budgets,
 γ_0 re-tuned for each.
 
-Run from the repository root (the committed results; 33 minutes on 2 CPU cores):
-
-  python -m benchmarks.large_batch_study
-  python -m benchmarks.large_batch_study --quick     # under 2 minutes: the tests' and notebook's settings
-
-Outputs in ``--output_dir`` (default benchmarks/results/): ``study_summary.json`` (the issue's schema,
-checked by `benchmarks.study_schema`), and per data set ``study_<dataset>.md`` (tables),
-``study_<dataset>.json`` (every run) and two plots, ``study_<dataset>_accuracy_vs_batch.png`` and
-``study_<dataset>_epochs.png``. ``--quick`` writes ``study_quick_*`` instead.
-
 Cost: every point of a sweep processes E·N examples whatever its batch, E·N ≥ 200·B_max, so B_max and the
-step floor set the price of the whole study; the models are the registry's small_alexnet / conv1d pairs at
-reduced widths (``model_kwargs``) so that the study fits its budget on 2 CPU cores.
+step floor set the price of the whole study; the models are the registry's no-BN / BN pairs at reduced
+widths (`settings.MODEL_KWARGS`).
 
 References:
   You, Gitman & Ginsburg, "Large Batch Training of Convolutional Networks", 2017,
@@ -57,28 +47,18 @@ References:
   https://arxiv.org/abs/2011.14439
 """
 
-import argparse
 import dataclasses
-import json
-import os
-import platform
-import shlex
-import sys
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from types import MappingProxyType
-from typing import Any
 
-import jax
 import numpy as np
 
 import lars_optax
-from benchmarks import study_engine, study_report, study_schema
-from models import ConvLayer, get_model
+from experiments.large_batch_study import engine
+from experiments.large_batch_study.settings import StudySettings, load_data
+from models import get_model
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUTPUT_DIR = REPO_ROOT / "benchmarks" / "results"
 CONTENDERS = ("sgd_linear", "sgd_tuned", "lars")
 ABLATION = "lars_rank_mask"
 # Engine recipe (a name of `RECIPES`, the key of a run) of each contender.
@@ -86,144 +66,13 @@ _RECIPE = MappingProxyType(
   {"sgd_linear": "sgd", "sgd_tuned": "sgd", "lars": "lars", ABLATION: "lars_rank_mask"}
 )
 # recipe -> (optimizer of `training.optimizers.OPTIMIZERS`, its hyperparameters).
-RECIPES: Mapping[str, tuple[str, study_engine.OptimizerHparams]] = MappingProxyType(
+RECIPES: Mapping[str, tuple[str, engine.OptimizerHparams]] = MappingProxyType(
   {
-    "sgd": ("sgd", study_engine.OptimizerHparams()),
-    "lars": ("lars", study_engine.OptimizerHparams(lars_mask="every_leaf")),
-    "lars_rank_mask": ("lars", study_engine.OptimizerHparams(lars_mask="rank")),
+    "sgd": ("sgd", engine.OptimizerHparams()),
+    "lars": ("lars", engine.OptimizerHparams(lars_mask="every_leaf")),
+    "lars_rank_mask": ("lars", engine.OptimizerHparams(lars_mask="rank")),
   }
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class StudySettings:
-  """Everything one data set's study depends on.
-
-  Attributes:
-    dataset: ``"digits"`` or ``"mnist1d"``.
-    models: names in ``models.MODELS``: the no-BN model first, then its BN twin.
-    model_kwargs: fields passed to every model (reduced widths), the same for both of the pair.
-    batch_sizes: the global batch sizes of the sweep (the smallest is B_min of the linear scaling rule).
-    num_epochs: the epoch budget E of the sweep.
-    warmup_fraction: linear warm-up over this fraction of the budget, then poly(2) decay to 0.
-    val_examples: validation examples (digits: carved from the training split; MNIST-1D: generated).
-    val_seed: MNIST-1D only: the generator's seed for the validation signals.
-    sgd_grid: the initial grid of γ_base for momentum SGD at B_min.
-    lars_grid: the initial grid of γ_0 for LARS at B_min.
-    epoch_budgets: the Table 5 analogue's budgets at the largest batch (no-BN model).
-    full_batch_epochs: the budget (one step per epoch) of the no-BN model trained with the whole training set
-      as its batch; None: not run.
-    num_seeds: seeds 0 .. num_seeds - 1 at every chosen learning rate (seed 0 tunes).
-    max_widenings: at most this many values added to a grid whose choice sits at an edge.
-    train_examples: digits only: None for the whole training split minus validation.
-    data_dir: where MNIST-1D is cached.
-  """
-
-  dataset: str
-  models: tuple[str, ...]
-  batch_sizes: tuple[int, ...]
-  num_epochs: int
-  val_examples: int
-  sgd_grid: tuple[float, ...]
-  lars_grid: tuple[float, ...]
-  epoch_budgets: tuple[int, ...]
-  model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-  warmup_fraction: float = 0.1
-  val_seed: int = 1
-  num_seeds: int = 3
-  max_widenings: int = 4
-  train_examples: int | None = None
-  full_batch_epochs: int | None = None
-  data_dir: str | None = None
-
-  def __post_init__(self):
-    if self.num_seeds < 1 or self.num_epochs < 1 or len(self.batch_sizes) < 2:
-      raise ValueError(
-        "num_seeds and num_epochs must be >= 1 and batch_sizes hold two or more, got "
-        f"{self.num_seeds}, {self.num_epochs}, {self.batch_sizes}."
-      )
-
-  @property
-  def warmup_epochs(self) -> float:
-    return self.warmup_fraction * self.num_epochs
-
-
-# Half the channels of the registry's widths (a quarter of the multiply-adds): see the module docstring.
-_NARROW_ALEXNET = dict(
-  layers=(
-    ConvLayer(16, (3, 3), lrn=True, pool=True),
-    ConvLayer(32, (3, 3), lrn=True),
-    ConvLayer(64, (3, 3), pool=True),
-  ),
-  hidden_features=(128, 128),
-)
-_NARROW_CONV1D = dict(
-  layers=(ConvLayer(16, (5,)), ConvLayer(16, (5,), pool=True), ConvLayer(32, (3,), pool=True)),
-  hidden_features=(64,),
-)
-
-DATASET_SETTINGS: Mapping[str, StudySettings] = MappingProxyType(
-  {
-    # 1,438 training images - 158 validation = 1,280 = 10 x 128: 200 steps at B = 128 in 20 epochs.
-    "digits": StudySettings(
-      "digits",
-      models=("small_alexnet", "small_alexnet_bn"),
-      model_kwargs=_NARROW_ALEXNET,
-      batch_sizes=(8, 16, 32, 128),
-      num_epochs=20,
-      val_examples=158,
-      sgd_grid=(0.0025, 0.005, 0.01, 0.02),
-      lars_grid=(1.0, 2.0, 4.0, 8.0),
-      epoch_budgets=(10, 20, 40, 80),
-      full_batch_epochs=200,
-    ),
-    # All 40,000 training signals: 156 steps per epoch at B = 256, 312 in 2 epochs.
-    "mnist1d": StudySettings(
-      "mnist1d",
-      models=("conv1d", "conv1d_bn"),
-      model_kwargs=_NARROW_CONV1D,
-      batch_sizes=(16, 32, 64, 256),
-      num_epochs=2,
-      val_examples=4000,
-      sgd_grid=(0.005, 0.01, 0.02, 0.04),
-      lars_grid=(1.0, 2.0, 4.0, 8.0),
-      epoch_budgets=(1, 2, 4, 8),
-    ),
-  }
-)
-
-# --quick: digits, 256 training images, two batches, 2 seeds, small grids: for tests and notebook 02.
-QUICK_SETTINGS = dict(
-  batch_sizes=(16, 64),
-  train_examples=256,
-  num_epochs=8,
-  num_seeds=2,
-  max_widenings=1,
-  sgd_grid=(0.005, 0.01, 0.02),
-  lars_grid=(1.0, 2.0, 4.0),
-  epoch_budgets=(4, 8),
-  full_batch_epochs=8,
-)
-
-
-def settings_for(dataset: str, *, quick: bool = False, **overrides: Any) -> StudySettings:
-  """The settings of ``dataset`` (`QUICK_SETTINGS` on top when ``quick``); None overrides are ignored."""
-  if dataset not in DATASET_SETTINGS:
-    raise ValueError(f"dataset must be one of {sorted(DATASET_SETTINGS)}, got {dataset!r}.")
-  settings = DATASET_SETTINGS[dataset]
-  if quick:
-    settings = dataclasses.replace(settings, **QUICK_SETTINGS)
-  return dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
-
-
-def load_data(settings: StudySettings) -> study_engine.Split:
-  if settings.dataset == "mnist1d":
-    return study_engine.mnist1d_split(
-      val_examples=settings.val_examples, val_seed=settings.val_seed, data_dir=settings.data_dir
-    )
-  return study_engine.load_split(
-    settings.dataset, val_examples=settings.val_examples, train_examples=settings.train_examples
-  )
 
 
 @dataclasses.dataclass
@@ -248,7 +97,7 @@ class Study:
     self._runs_per_call = runs_per_call
     self._log = log
     self._models = {
-      name: study_engine.CompiledModel(
+      name: engine.CompiledModel(
         get_model(name, num_classes=self.split.num_classes, **settings.model_kwargs),
         self.split.train_images[:1],
       )
@@ -272,7 +121,7 @@ class Study:
     if key not in self._trainers:
       name, hparams = RECIPES[optimizer]
       make = hparams.factory(name)
-      self._trainers[key] = study_engine.GridTrainer(
+      self._trainers[key] = engine.GridTrainer(
         self._models[model], make, self.split, batch, self._runs_per_call
       )
     runs = self._trainers[key].run(
@@ -460,78 +309,3 @@ def run_dataset(settings: StudySettings, runs_per_call: int | None = None, log=p
     train_seconds=study.seconds,
     seconds=time.perf_counter() - start,
   )
-
-
-def machine() -> str:
-  """The processor, its core count and the software versions."""
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  software = f"{jax.default_backend()}, jax {jax.__version__}, Python {platform.python_version()}"
-  return f"{cpu}, {os.cpu_count()} cores, {software}"
-
-
-def summary(results: Sequence[dict], command: str, wall_minutes: float) -> dict:
-  """The issue's ``study_summary.json`` schema (and nothing else)."""
-  datasets = {}
-  for r in results:
-    datasets[r["dataset"]] = {
-      "models": {
-        name: {
-          "batch_norm": model["batch_norm"],
-          "batches": [
-            {
-              "batch_size": b["batch_size"],
-              "steps": b["steps"],
-              "test_accuracy": {
-                c: {k: b["test_accuracy"][c][k] for k in ("mean", "std", "lr")} for c in CONTENDERS
-              },
-            }
-            for b in model["batches"]
-          ],
-        }
-        for name, model in r["models"].items()
-      }
-    }
-  return {"command": command, "wall_minutes": wall_minutes, "machine": machine(), "datasets": datasets}
-
-
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--dataset", action="append", choices=sorted(DATASET_SETTINGS), help="default: both")
-  parser.add_argument("--quick", action="store_true", help="tiny digits settings, under 2 minutes")
-  parser.add_argument("--num_seeds", type=int)
-  parser.add_argument("--data_dir")
-  parser.add_argument("--output_dir", type=Path, default=DEFAULT_OUTPUT_DIR)
-  parser.add_argument("--runs_per_call", type=int, help="runs per vmapped step; default 1 on CPU")
-  return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str]) -> dict[str, Path]:
-  """Runs the study and writes its outputs; returns their paths."""
-  args = parse_args(argv)
-  start = time.perf_counter()
-  command = shlex.join(["python", "-m", "benchmarks.large_batch_study", *argv])
-  datasets = args.dataset or (["digits"] if args.quick else list(DATASET_SETTINGS))
-  results = []
-  for dataset in datasets:
-    settings = settings_for(dataset, quick=args.quick, num_seeds=args.num_seeds, data_dir=args.data_dir)
-    results.append(run_dataset(settings, args.runs_per_call, log=lambda m: print(m, flush=True)))
-  wall_minutes = (time.perf_counter() - start) / 60
-  record = summary(results, command, round(wall_minutes, 2))
-  study_schema.validate(record)
-  prefix = "study_quick" if args.quick else "study"
-  args.output_dir.mkdir(parents=True, exist_ok=True)
-  paths = {"summary": args.output_dir / f"{prefix}_summary.json"}
-  paths["summary"].write_text(json.dumps(record, indent=1) + "\n")
-  for r in results:
-    paths |= study_report.write(args.output_dir, f"{prefix}_{r['dataset']}", r, record)
-  print(f"Total: {wall_minutes:.1f} min; wrote {', '.join(str(p) for p in paths.values())}")
-  return paths
-
-
-if __name__ == "__main__":
-  main(sys.argv[1:])

@@ -15,14 +15,14 @@ Each ‖g‖ is the gradient at the weights whose norm is given (the next step's
 offline 8x8 digits, upscaled to ``--image_size`` and repeated over three channels (ImageNet-shaped inputs
 without a download); the classifier has 10 outputs.
 
-Run from the repository root (13 minutes on 2 shared CPU cores, mostly ResNet-50's compilation and steps):
+Run from the repository root (README.md beside this file gives the time measured):
 
-  python -m benchmarks.trust_ratios                     # AlexNet and ResNet-50 at 224x224
-  python -m benchmarks.trust_ratios --quick             # small_alexnet and resnet20 at 32x32, seconds
+  python -m experiments.trust_ratios                    # AlexNet and ResNet-50 at 224x224
+  python -m experiments.trust_ratios --quick            # small_alexnet and resnet20 at 32x32, to build/
 
-Outputs in ``--output_dir`` (default benchmarks/results/): ``trust_ratios.md`` (a summary and one table
-per model) and ``trust_ratios.png`` (‖w‖/‖g‖ per layer, log scale, after one iteration and after
-``--steps``).
+Outputs in ``--output_dir`` (default ``experiments/trust_ratios/results/``; with ``--quick``
+``build/trust_ratios_quick/``): ``trust_ratios.md`` (a summary and one table per model) and
+``trust_ratios.png`` (‖w‖/‖g‖ per layer, log scale, after one iteration and after ``--steps``).
 
 References:
   You, Gitman & Ginsburg, "Large Batch Training of Convolutional Networks", 2017,
@@ -33,7 +33,6 @@ import argparse
 import dataclasses
 import re
 import shlex
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,8 +52,9 @@ from training import steps as train_steps
 matplotlib.use("Agg")  # files only: no display needed.
 import matplotlib.pyplot as plt
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUTPUT_DIR = REPO_ROOT / "benchmarks" / "results"
+HERE = Path(__file__).resolve().parent
+DEFAULT_OUTPUT_DIR = HERE / "results"
+QUICK_OUTPUT_DIR = HERE.parents[1] / "build" / "trust_ratios_quick"
 WEIGHT_DECAY = 5e-4
 
 
@@ -140,6 +140,22 @@ def measure(
   params, batch_stats = variables["params"], variables.get("batch_stats", {})
   tx = lars_optax.lars(learning_rate, momentum=0.9, weight_decay=WEIGHT_DECAY)
   opt_state = tx.init(params)
+  step = _train_step(model, tx)
+  rng = np.random.default_rng(seed)
+  for k in range(steps + 1):
+    batch = rng.choice(len(labels), batch_size, replace=False)
+    dropout = jax.random.fold_in(key, k + 1)
+    params, batch_stats, opt_state = step(
+      params, batch_stats, opt_state, images[batch], labels[batch], dropout
+    )
+    diagnostics = jax.device_get(lars_optax.flatten_diagnostics(lars_optax.get_diagnostics(opt_state)))
+    if k == 1:  # update 2 reads the weights after one iteration and their gradient.
+      first = diagnostics
+  return _layer_norms(params, first, diagnostics)
+
+
+def _train_step(model: Any, tx: optax.GradientTransformation) -> Any:
+  """The jitted LARS step: ``(params, batch_stats, opt_state, x, y, rng)`` to the first three, updated."""
 
   @jax.jit
   def step(params, batch_stats, opt_state, x, y, rng):
@@ -152,16 +168,11 @@ def measure(
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), batch_stats, opt_state
 
-  rng = np.random.default_rng(seed)
-  for k in range(steps + 1):
-    batch = rng.choice(len(labels), batch_size, replace=False)
-    dropout = jax.random.fold_in(key, k + 1)
-    params, batch_stats, opt_state = step(
-      params, batch_stats, opt_state, images[batch], labels[batch], dropout
-    )
-    diagnostics = jax.device_get(lars_optax.flatten_diagnostics(lars_optax.get_diagnostics(opt_state)))
-    if k == 1:  # update 2 reads the weights after one iteration and their gradient.
-      first = diagnostics
+  return step
+
+
+def _layer_norms(params: Any, first: dict[str, Any], last: dict[str, Any]) -> list[LayerNorms]:
+  """`LayerNorms` of every leaf, in layer order, from the flat diagnostics after one and after K steps."""
   adapted = lars_optax.flatten_diagnostics(
     lars_optax.TrustRatioDiagnostics(*[lars_optax.rank_mask(params)] * 3)
   )
@@ -177,8 +188,8 @@ def measure(
       param_norm=float(first[f"param_norm/{name}"]),
       grad_norm=float(first[f"grad_norm/{name}"]),
       trust_ratio=float(first[f"trust_ratio/{name}"]),
-      param_norm_after=float(diagnostics[f"param_norm/{name}"]),
-      grad_norm_after=float(diagnostics[f"grad_norm/{name}"]),
+      param_norm_after=float(last[f"param_norm/{name}"]),
+      grad_norm_after=float(last[f"grad_norm/{name}"]),
     )
     for name in names
   ]
@@ -253,10 +264,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--learning_rate", type=float, default=2.0, help="LARS γ (paper, AlexNet B=512)")
   parser.add_argument("--quick", action="store_true", help="small_alexnet and resnet20, 32x32, 3 steps")
-  parser.add_argument("--output_dir", type=Path, default=DEFAULT_OUTPUT_DIR)
+  parser.add_argument("--output_dir", type=Path, help="default: results/ (--quick: build/)")
   args = parser.parse_args(argv)
   if args.quick:
     args.image_size, args.batch_size, args.steps = 32, 8, 3
+  if args.output_dir is None:
+    args.output_dir = QUICK_OUTPUT_DIR if args.quick else DEFAULT_OUTPUT_DIR
   args.models = args.models or (["small_alexnet", "resnet20"] if args.quick else ["alexnet", "resnet50"])
   return args
 
@@ -283,7 +296,7 @@ def main(argv: Sequence[str]) -> dict[str, Path]:
     f"{args.learning_rate:g} (η = 0.001, β = {WEIGHT_DECAY:g}, momentum 0.9); norms after 1 and after "
     f"{args.steps} iterations; "
     f"{time.perf_counter() - start:.0f} s on {jax.default_backend()}. "
-    f"Command: `{shlex.join(['python', '-m', 'benchmarks.trust_ratios', *argv])}`"
+    f"Command: `{shlex.join(['python', '-m', 'experiments.trust_ratios', *argv])}`"
   )
   sections = ["## ‖w‖/‖g‖ per layer", setup, summary_table(results)]
   for name, rows in results.items():
@@ -293,7 +306,3 @@ def main(argv: Sequence[str]) -> dict[str, Path]:
   print(summary_table(results))
   print(f"wrote {paths['markdown']} and {paths['plot']} in {time.perf_counter() - start:.0f} s")
   return paths
-
-
-if __name__ == "__main__":
-  main(sys.argv[1:])

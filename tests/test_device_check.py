@@ -1,14 +1,12 @@
-"""benchmarks/device_check.py: the kernel counting rule, and its smoke mode checked against arithmetic.
+"""benchmarks/device_check: the kernel counting rule, and its smoke mode checked against arithmetic.
 
-The smoke run happens in a subprocess in which TensorFlow, TFDS, ml-collections and clu cannot be imported,
-as on the accelerator machine that runs the full check.
+The smoke run happens in a subprocess, as ``python -m benchmarks.device_check``, in which TensorFlow, TFDS,
+ml-collections and clu cannot be imported, as on an accelerator machine with only JAX installed.
 """
 
 import json
 import os
-import re
 import resource
-import shlex
 import subprocess
 import sys
 import time
@@ -19,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import device_check, hlo_stats
+from benchmarks import hlo_stats
+from benchmarks.device_check import cli, update
 from models import get_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -118,11 +117,12 @@ def test_count_kernels_needs_an_entry_computation():
 # --- the smoke run ------------------------------------------------------------------------------
 
 _SMOKE_RUN = """
+import runpy
 import sys
 for name in {blocked!r}:
   sys.modules[name] = None  # `import name` now raises ImportError
-from benchmarks import device_check
-device_check.main(["--smoke", "--output_dir", {output!r}])
+sys.argv = ["benchmarks.device_check", "--smoke", "--output_dir", {output!r}]
+runpy.run_module("benchmarks.device_check", run_name="__main__", alter_sys=True)  # python -m
 loaded = sorted(name for name in sys.modules if name.split(".")[0] in {blocked!r} and sys.modules[name])
 print("BLOCKED MODULES LOADED:", loaded)
 """
@@ -174,7 +174,7 @@ def test_smoke_runs_every_part_without_tensorflow(smoke):
   assert (env["jax"], env["platform"]) == (jax.__version__, "cpu")
   for part in ("update", "train", "accumulation"):
     assert results[part]["skipped"] == [], part
-  assert set(results["update"]["optimizers"]) == set(device_check.UPDATE_OPTIMIZERS)
+  assert set(results["update"]["optimizers"]) == set(update.UPDATE_OPTIMIZERS)
   assert list(results["train"]["optimizers"]) == ["sgd", "lars"]
   assert list(results["accumulation"]["optimizers"]) == ["lars", "sgd"]
   assert f"Device: {env['device_kind']}" in text and len(results["goals"]) == 6
@@ -262,8 +262,8 @@ def test_smoke_mode_is_quick(smoke):
 
 
 def test_an_exhausted_budget_skips_every_compilation(tmp_path):
-  results = device_check.main(["--smoke", "--time_budget_s", "0", "--output_dir", str(tmp_path)])
-  assert len(results["update"]["skipped"]) == len(device_check.UPDATE_OPTIMIZERS)
+  results = cli.main(["--smoke", "--time_budget_s", "0", "--output_dir", str(tmp_path)])
+  assert len(results["update"]["skipped"]) == len(update.UPDATE_OPTIMIZERS)
   assert results["update"]["optimizers"] == {}
   for part in ("train", "accumulation"):
     assert len(results[part]["skipped"]) == 2 and results[part]["optimizers"] == {}, part
@@ -274,9 +274,9 @@ def test_an_exhausted_budget_skips_every_compilation(tmp_path):
 
 
 def test_smoke_flags_keep_explicit_values():
-  args = device_check.parse_args(["--smoke", "--output_dir", "x", "--batch_size", "3"])
-  assert (args.batch_size, args.model) == (3, device_check.SMOKE["model"])
-  full = device_check.parse_args(["--output_dir", "x"])
+  args = cli.parse_args(["--smoke", "--output_dir", "x", "--batch_size", "3"])
+  assert (args.batch_size, args.model) == (3, cli.SMOKE["model"])
+  full = cli.parse_args(["--output_dir", "x"])
   assert (full.model, full.batch_size, full.fallback_batch_size, full.accum_steps) == (
     "resnet50",
     256,
@@ -285,10 +285,11 @@ def test_smoke_flags_keep_explicit_values():
   )
 
 
-def test_readme_gives_the_device_command():
-  readme = (REPO_ROOT / "README.md").read_text()
-  blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.DOTALL)
-  commands = [line for block in blocks for line in block.splitlines() if "benchmarks.device_check" in line]
-  assert commands == ['PYTHONUNBUFFERED=1 timeout 420 python3 -m benchmarks.device_check --output_dir "$OUT"']
-  args = device_check.parse_args(shlex.split(commands[0])[6:])
-  assert (args.smoke, args.time_budget_s, str(args.output_dir)) == (False, 300.0, "$OUT")
+def test_default_run_writes_to_an_ignored_build_folder():
+  args = cli.parse_args([])
+  assert not args.smoke and args.output_dir == cli.DEFAULT_OUTPUT_DIR
+  assert args.update_budget_s <= args.time_budget_s  # the update part leaves time to the training parts
+  ignored = subprocess.run(
+    ["git", "check-ignore", "-q", str(args.output_dir / "device_check.json")], cwd=REPO_ROOT, check=False
+  )
+  assert ignored.returncode == 0

@@ -1,4 +1,4 @@
-"""Tests of benchmarks/trust_ratios.py on a small model (AlexNet and ResNet-50 take minutes to compile).
+"""Tests of experiments/trust_ratios on a small model (AlexNet and ResNet-50 take minutes to compile).
 
 The reported norms are checked against `_reference_norms`, which redoes the run with the LARS step written
 out in float64 NumPy (gradients from ``jax.grad`` of the model's cross-entropy, nothing from lars_optax).
@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from benchmarks import trust_ratios
+from experiments.trust_ratios import layer_norms as trust_ratios
 from models import get_model
 
 ETA, BETA, MOMENTUM = 0.001, trust_ratios.WEIGHT_DECAY, 0.9

@@ -3,7 +3,7 @@
 Pages that must follow files of the checkout are generated here, before Sphinx reads its sources, into
 ``docs/_generated/`` (ignored by git): the notebooks (copied from ``notebooks/``, executed by myst-nb in
 their small mode unless the test suite already executed the same source, see ``tests/test_notebooks.py``),
-one page per ``benchmarks/results/*.md``, one entry per ``configs/*.py``, and ``python train.py --help``.
+one page per ``experiments/*/results/*.md``, one entry per ``configs/*.py``, and ``python train.py --help``.
 """
 
 import ast
@@ -106,12 +106,12 @@ def _copy_notebooks() -> None:
 
 
 def _results_pages() -> None:
-  """One page per benchmarks/results/*.md, with the plots of the same stem after the tables."""
+  """One page per experiments/*/results/*.md, with the plots of the same stem after the tables."""
   target = GENERATED / "results"
   shutil.rmtree(target, ignore_errors=True)
   target.mkdir(parents=True)
-  results = ROOT / "benchmarks" / "results"
-  for table in sorted(results.glob("*.md")):
+  for table in sorted((ROOT / "experiments").glob("*/results/*.md")):
+    results = table.parent
     rel = os.path.relpath(results, target)
     lines = [f"# {table.stem}", "", f"```{{include}} {rel}/{table.name}", "```", ""]
     for plot in sorted(results.glob(f"{table.stem}*.png")):

@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 EXECUTED_DIR = Path(os.environ.get("LARS_EXECUTED_NOTEBOOKS", ROOT / "build" / "executed_notebooks"))
 HASH_KEY = "lars_source_hash"
-CODE_DIRS = ("lars_optax", "models", "training", "input_pipeline", "benchmarks", "configs")
+CODE_DIRS = ("lars_optax", "models", "training", "input_pipeline", "benchmarks", "experiments", "configs")
 
 
 def source_hash(cells: list[dict]) -> str:

@@ -56,8 +56,7 @@ def test_built_notebooks_have_their_outputs(stem):
 
 @built
 def test_built_results_pages_include_every_result_file():
-  results = DOCS.parent / "benchmarks" / "results"
-  for table in results.glob("*.md"):
+  for table in (DOCS.parent / "experiments").glob("*/results/*.md"):
     page = HTML / "_generated" / "results" / f"{table.stem}.html"
     assert page.exists(), page
     assert f'href="_generated/results/{table.stem}.html"' in (HTML / "results.html").read_text()

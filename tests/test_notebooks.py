@@ -32,7 +32,15 @@ NOTEBOOK_DIR = ROOT / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SOURCE_URL = PYPROJECT["project"]["urls"]["Source"]
-CHECKOUT_PACKAGES = ("lars_optax", "models", "training", "input_pipeline", "benchmarks", "configs")
+CHECKOUT_PACKAGES = (
+  "lars_optax",
+  "models",
+  "training",
+  "input_pipeline",
+  "benchmarks",
+  "experiments",
+  "configs",
+)
 
 _spec = importlib.util.spec_from_file_location("notebook_cache", ROOT / "docs" / "notebook_cache.py")
 notebook_cache = importlib.util.module_from_spec(_spec)

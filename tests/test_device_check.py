@@ -144,7 +144,7 @@ def smoke(tmp_path_factory):
     env=env,
     capture_output=True,
     text=True,
-    timeout=400,
+    timeout=900,  # a loaded machine stretches the wall time; test_smoke_mode_is_quick bounds its CPU time
   )
   seconds = time.perf_counter() - start
   usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -166,7 +166,7 @@ def _params(model_name, image_size):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(960)
 def test_smoke_runs_every_part_without_tensorflow(smoke):
   results, text, _ = smoke
   assert results["smoke"] and results["errors"] == []
@@ -181,7 +181,7 @@ def test_smoke_runs_every_part_without_tensorflow(smoke):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(960)
 def test_smoke_update_figures_are_consistent_with_the_parameter_tree(smoke):
   results, text, _ = smoke
   update, args = results["update"], results["arguments"]
@@ -227,7 +227,7 @@ def test_smoke_update_figures_are_consistent_with_the_parameter_tree(smoke):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(960)
 def test_smoke_training_figures_are_consistent_with_their_timings(smoke):
   results, text, _ = smoke
   args = results["arguments"]
@@ -255,7 +255,7 @@ def test_smoke_training_figures_are_consistent_with_their_timings(smoke):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(960)
 def test_smoke_mode_is_quick(smoke):
   # CPU time rather than wall time, which a loaded machine stretches: 47 s (30 s wall) on 2 idle cores.
   assert smoke[2] < 150, f"the smoke run took {smoke[2]:.0f} CPU seconds"

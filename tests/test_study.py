@@ -357,3 +357,11 @@ def test_lars_contender_adapts_biases_and_the_ablation_steps_them_by_sgd(recipe,
   else:
     expected = 2.0 * g
   np.testing.assert_allclose(np.asarray(updates["bias"]), -expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("smoke", [True, False])
+def test_only_a_smoke_test_report_says_so_before_any_number(smoke):
+  record = json.loads((RESULTS / "study_digits.json").read_text()) | {"smoke_test": smoke}
+  first_line = report.markdown(record, record["summary"]).splitlines()[0]
+  assert (first_line == f"**{report.SMOKE_TEST}**") == smoke
+  assert report.headline_sentence(record).startswith("Smoke test") == smoke

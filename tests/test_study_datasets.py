@@ -117,7 +117,7 @@ def test_settings_of_a_tfds_data_set_follow_its_size(tfds_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)  # compilation-bound: about 13 step programs, each compiled once
 def test_quick_study_runs_on_a_tfds_data_set(tfds_dir, tmp_path, capsys):
   argv = ["--dataset", "study_bands", "--data_dir", tfds_dir, "--model", "small_alexnet", "--quick"]
   paths = cli.main([*argv, "--num_seeds", "1", "--output_dir", str(tmp_path)])

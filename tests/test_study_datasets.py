@@ -59,6 +59,9 @@ def test_quick_writes_outside_the_committed_results(tmp_path):
   with pytest.raises(SystemExit) as exit_info:
     cli.parse_args(["--quick", "--output_dir", str(cli.RESULTS_DIR)])
   assert exit_info.value.code == 2
+  assert layer_norms.parse_args(["--quick"]).output_dir == layer_norms.QUICK_OUTPUT_DIR
+  with pytest.raises(SystemExit):
+    layer_norms.parse_args(["--quick", "--output_dir", str(layer_norms.DEFAULT_OUTPUT_DIR)])
   root = cli.HERE.parents[1]
   for quick_dir in (cli.QUICK_OUTPUT_DIR, layer_norms.QUICK_OUTPUT_DIR):
     path = quick_dir / "study_quick_summary.json"

@@ -270,6 +270,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args.image_size, args.batch_size, args.steps = 32, 8, 3
   if args.output_dir is None:
     args.output_dir = QUICK_OUTPUT_DIR if args.quick else DEFAULT_OUTPUT_DIR
+  elif args.quick and args.output_dir.resolve() == DEFAULT_OUTPUT_DIR:
+    parser.error(f"--quick is a smoke test, never written into the committed results {DEFAULT_OUTPUT_DIR}.")
   args.models = args.models or (["small_alexnet", "resnet20"] if args.quick else ["alexnet", "resnet50"])
   return args
 

@@ -106,7 +106,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     "--update_budget_s", type=float, default=110.0, help="no update compilation after this (from the start)"
   )
   parser.add_argument("--update_repetitions", type=int, default=30)
-  parser.add_argument("--update_inner", type=int, default=20, help="updates per timing (see the update module)")
+  parser.add_argument("--update_inner", type=int, default=20, help="updates per timing (see update.py)")
   parser.add_argument("--update_warmup", type=int, default=2)
   parser.add_argument("--copy_mib", type=int, default=1024, help="size of the bandwidth probe's array")
   parser.add_argument("--copy_repetitions", type=int, default=10)

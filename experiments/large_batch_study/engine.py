@@ -92,6 +92,32 @@ def mnist1d_split(*, val_examples: int, val_seed: int, data_dir: str | None = No
   return Split(x_train, y_train, val_x, val_y, x_test, y_test, mnist1d.NUM_CLASSES)
 
 
+def tfds_arrays(dataset: str, data_dir: str | None) -> tuple[np.ndarray, ...]:
+  """``(x_train, y_train, x_test, y_test)`` of a prepared TFDS image-classification data set, in memory.
+
+  The training split and the evaluation split (`input_pipeline.tfds_data`'s choice) in stored order,
+  images normalised as train.py's pipeline does (`input_pipeline.preprocessing.normalize`), float32.
+
+  Raises:
+    ValueError: if its images vary in size (they must stack into one array), or from `tfds_data.open_source`
+      (unknown, not prepared, not image classification).
+  """
+  import tensorflow as tf  # only for TFDS data sets.
+
+  from input_pipeline import preprocessing, tfds_data
+
+  source = tfds_data.open_source(dataset, data_dir, "none", None)
+  if None in source.image_shape:
+    raise ValueError(f"{dataset!r} has images of varying size {source.image_shape}: the study needs one.")
+
+  def split(name: str) -> tuple[np.ndarray, np.ndarray]:
+    examples = source.builder.as_dataset(split=name, batch_size=-1, shuffle_files=False)
+    images = preprocessing.normalize(examples[source.image_key], None, tf.float32)
+    return np.asarray(images), np.asarray(examples[source.label_key], np.int32)
+
+  return (*split(tfds_data.TRAIN_SPLIT), *split(source.eval_split))
+
+
 def load_split(
   dataset: str,
   *,
@@ -100,7 +126,7 @@ def load_split(
   data_dir: str | None = None,
   seed: int = 0,
 ) -> Split:
-  """Loads ``dataset`` with `input_pipeline.load_arrays` and carves a validation split.
+  """Loads ``dataset`` ("digits", "mnist1d" or a TFDS data set, `tfds_arrays`) and carves a validation split.
 
   The training split is shuffled with ``numpy.random.default_rng(seed)``; the first ``val_examples``
   become the validation split and the next ``train_examples`` (default: all the rest) the training set.
@@ -108,7 +134,10 @@ def load_split(
   Raises:
     ValueError: if ``val_examples`` is not positive or leaves fewer than ``train_examples`` examples.
   """
-  x_train, y_train, x_test, y_test = input_pipeline.load_arrays(dataset, data_dir=data_dir)
+  if dataset in input_pipeline.ARRAY_DATASETS:
+    x_train, y_train, x_test, y_test = input_pipeline.load_arrays(dataset, data_dir=data_dir)
+  else:
+    x_train, y_train, x_test, y_test = tfds_arrays(dataset, data_dir)
   available = len(x_train) - val_examples
   if val_examples < 1 or available < 1:
     raise ValueError(f"val_examples must be in [1, {len(x_train) - 1}] for {dataset!r}, got {val_examples}.")

@@ -196,7 +196,7 @@ class OptimizerHparams:
     weight_decay: β, applied by the optimizer to kernels only (rank mask), never in the loss.
     trust_coefficient: η of LARS and LARC.
     eps: ε of the trust ratio.
-    lars_mask: the leaves the LARS optimizers adapt, a name in `training.optimizers.LARS_MASKS`.
+    lars_mask: the leaves the LARS optimizers adapt, a name in `training.optimizers.MASKS`.
   """
 
   momentum: float = 0.9

@@ -261,7 +261,7 @@ def _summary():
     for b in (2, 4, 8, 32)
   ]
   return {
-    "command": "python -m benchmarks.large_batch_study",
+    "command": "python -m experiments.large_batch_study",
     "wall_minutes": 12.5,
     "machine": "cpu",
     "datasets": {

@@ -1,33 +1,43 @@
 r"""Trains a model of models/ with lars_optax: from one CPU to a TPU pod, resumable.
 
 Usage:
-  python train.py  # digits, small AlexNet-BN, LARS (32 s wall on 2 shared Intel Xeon cores, load 1-2)
+  python train.py  # digits, small AlexNet-BN, LARS
   python train.py --config=configs/resnet50_lars.py:32768 --config.data_dir=$TFDS_DATA_DIR \
       --workdir=/tmp/resnet50_32k
   python train.py --config=configs/default.py --config.optimizer=sgd --config.learning_rate=0.1
 
 Multi-host GPU/CPU clusters: run one process per host with --coordinator_address=HOST:PORT,
 --num_processes=N and --process_id=i (TPU pods need none of them). Each process feeds its local devices
-from its own shard of every batch; only process 0 writes logs.
+from its own shard of every batch; only process 0 writes logs. The processes check at start that they
+share the config and the --workdir. A process that dies stops the others (JAX aborts them: status 134,
+SIGABRT, within about 20 s); rerun the same command on every host to resume.
 
 Running again with the same --workdir resumes from its latest good checkpoint, with the config recorded
-in workdir/config.json (--allow_config_change to alter the trajectory anyway).
+in workdir/config.json (--allow_config_change to alter the trajectory anyway). A workdir is locked while
+a run uses it: a second run on it is refused.
 
-Exit status: 0 finished; 75 preempted (SIGTERM or Ctrl-C: state saved, run the same command again to
-resume); 1 failed (non-finite training, no usable checkpoint, a peer that did not join, or a bug);
-2 bad usage (a flag, config field or value, or missing data: one message, nothing created).
+Exit status: 0 finished; 75 preempted (SIGTERM or Ctrl-C, at any moment: state saved, run the same
+command again to resume); 130 a second Ctrl-C (stopped at once, earlier checkpoints kept); 1 failed
+(non-finite training, no usable checkpoint, a failed save, a peer that did not join, or a bug); 2 bad
+usage (a flag, config field or value, missing data, a workdir in use or not writable: one message).
 """
 
 import datetime
 import functools
+import logging as logging_lib
 import os
 import sys
+
+from training import preemption
+
+if __name__ == "__main__":
+  preemption.install()  # Before JAX starts: from now on SIGINT and SIGTERM only request a stop.
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from training import cli, distributed
+from training import cli, distributed, run_config, workdir
 from training.errors import ConfigError, ExitCode, TrainingError
 from training.loop import train_and_evaluate
 
@@ -41,8 +51,15 @@ _WORKDIR = flags.DEFINE_string(
 _COORDINATOR = flags.DEFINE_string(
   "coordinator_address", None, "HOST:PORT of process 0, for jax.distributed (multi-host GPU/CPU)."
 )
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (hosts).")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Index of this process, in [0, num_processes).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (hosts).", lower_bound=1)
+_PROCESS_ID = flags.DEFINE_integer(
+  "process_id", None, "Index of this process, in [0, num_processes).", lower_bound=0
+)
+flags.register_multi_flags_validator(
+  ["process_id", "num_processes"],
+  lambda f: None in (f["process_id"], f["num_processes"]) or f["process_id"] < f["num_processes"],
+  "--process_id must be less than --num_processes.",
+)
 _INIT_TIMEOUT = flags.DEFINE_integer(
   "initialization_timeout",
   300,
@@ -74,6 +91,50 @@ def _default_workdir() -> str:
   return os.path.join("workdir", f"{name}-{stamp}")
 
 
+def _quiet_failed_io() -> None:
+  """Keeps a failed save or a damaged checkpoint to the one line or warning train.py prints about it.
+
+  Orbax logs the failure with tracebacks, then abandons its event loop while TensorStore operations
+  are still in flight: each reports "Event loop is closed" as an unraisable error when it completes
+  (dozens of tracebacks), or asyncio that nobody retrieved its exception. Other errors pass.
+  """
+  orbax = f"{os.sep}orbax{os.sep}"
+  logging.get_absl_logger().addFilter(lambda r: r.levelno < logging_lib.ERROR or orbax not in r.pathname)
+  logging_lib.getLogger("asyncio").addFilter(lambda r: "exception was never retrieved" not in r.getMessage())
+  previous = sys.unraisablehook
+  sys.unraisablehook = lambda u: None if str(u.exc_value) == "Event loop is closed" else previous(u)
+
+
+def _start(path: str) -> object:
+  """Joins the other processes (if any), locks the workdir and checks that all processes share it."""
+  if _COORDINATOR.value is not None or _NUM_PROCESSES.value is not None:
+    if _WORKDIR.value is None:
+      raise ConfigError("--workdir is required with several processes (all must share it).")
+    try:
+      distributed.initialize(
+        coordinator_address=_COORDINATOR.value,
+        num_processes=_NUM_PROCESSES.value,
+        process_id=_PROCESS_ID.value,
+        timeout_s=_INIT_TIMEOUT.value,
+        workdir=path,
+      )
+    except TrainingError as error:
+      print(f"train.py: {error}", file=sys.stderr, flush=True)
+      os._exit(ExitCode.ERROR)  # jax.distributed's shutdown would wait for the missing peers again.
+  lock, error = None, None
+  if jax.process_index() == 0:
+    try:
+      lock = workdir.lock(path)
+    except ConfigError as failure:
+      error = str(failure)
+  if jax.process_count() > 1:
+    config = run_config.as_json(flags.FLAGS["config"].value)
+    distributed.check_same_run(config, path, error=error, timeout_s=_INIT_TIMEOUT.value)
+  if error:
+    raise ConfigError(error)
+  return lock
+
+
 def main(argv: list[str]) -> int:
   try:
     if len(argv) > 1:
@@ -82,32 +143,27 @@ def main(argv: list[str]) -> int:
       )
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; --verbosity=0 shows it.
-    if _COORDINATOR.value is not None or _NUM_PROCESSES.value is not None:
-      if _WORKDIR.value is None:
-        raise ConfigError("--workdir is required with several processes (all must share it).")
-      try:
-        distributed.initialize(
-          coordinator_address=_COORDINATOR.value,
-          num_processes=_NUM_PROCESSES.value,
-          process_id=_PROCESS_ID.value,
-          timeout_s=_INIT_TIMEOUT.value,
-          workdir=_WORKDIR.value,
-        )
-      except TrainingError as error:
-        print(f"train.py: {error}", file=sys.stderr, flush=True)
-        os._exit(ExitCode.ERROR)  # jax.distributed's shutdown would wait for the missing peers again.
+    _quiet_failed_io()
+    path = _WORKDIR.value or _default_workdir()
+    lock = _start(path)
     logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
-    summary = train_and_evaluate(
-      flags.FLAGS["config"].value,
-      _WORKDIR.value or _default_workdir(),
-      allow_config_change=_ALLOW_CONFIG_CHANGE.value,
-    )
+    summary = {"step": 0, "preempted": True}
+    if not (preemption.requested() and jax.process_count() == 1):  # Else stopped before compiling.
+      summary = train_and_evaluate(
+        flags.FLAGS["config"].value, path, allow_config_change=_ALLOW_CONFIG_CHANGE.value
+      )
+    del lock  # Held until here.
   except ConfigError as error:
     cli.fail(str(error))
   except TrainingError as error:
     print(f"train.py: {error}", file=sys.stderr, flush=True)
     return ExitCode.ERROR
-  return ExitCode.PREEMPTED if summary["preempted"] else ExitCode.FINISHED
+  if not (summary["preempted"] or preemption.requested()):
+    return ExitCode.FINISHED
+  step = summary["step"]
+  done = f"at step {step}: saved" if step else "before the first step: nothing new to save"
+  print(f"train.py: interrupted {done}; run the same command to resume.", file=sys.stderr, flush=True)
+  return ExitCode.PREEMPTED
 
 
 if __name__ == "__main__":

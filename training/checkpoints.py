@@ -5,26 +5,23 @@ count) as a tree of host arrays. Nothing else is needed to resume exactly: the d
 dropout keys are functions of (config.seed, step), so the step restores them too.
 
 Orbax writes each checkpoint into a temporary directory and renames it when complete, so a run killed
-mid-save leaves the previous checkpoint as the latest. Saves are asynchronous (training continues while
-the arrays are written); `close` waits for the last one. With several processes every process calls
-`save` and `restore` (Orbax synchronises them; the replicated host arrays are written once).
+mid-save leaves the previous checkpoint as the latest. Saves are asynchronous; a save that fails (a full
+disk) is reported by the next `save` or by `close` as a `TrainingError` naming the step, the directory
+and the OS error, and the checkpoints written before are kept. With several processes every process
+calls `save` and `restore` (Orbax synchronises them; the replicated host arrays are written once).
 
 Nothing non-finite is ever written: `save` refuses a state with a NaN or an infinity. Every checkpoint
-carries a CRC-32 of each array in Orbax's step metadata (``N/_CHECKPOINT_METADATA``, written before the
-commit rename), because Orbax itself checksums only the chunk index, not the data. `restore_latest`
-checks what it loads against both; a checkpoint that fails to load or to verify is renamed
+carries a CRC-32 of each array in Orbax's step metadata (``N/_CHECKPOINT_METADATA``), because Orbax
+itself checksums only the chunk index, not the data. The record is required: a checkpoint whose record
+is missing or unreadable counts as damaged (a damaged record must not turn verification off), as does
+one from a version of train.py that wrote none. A checkpoint that fails to load or to verify is renamed
 ``N.corrupt-<reason>`` (never deleted, and out of Orbax's sight), a warning names it and why, and the
 next older one is tried. Only when none is good does the run stop (`TrainingError`), renaming nothing.
-Since every checkpoint Orbax keeps was finite when written, the rotation to the last K never deletes
-the last good one for a bad one.
 """
 
-import logging as logging_lib
 import os
 import re
-import sys
 import zlib
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +38,10 @@ from training.steps import TrainState
 _CHECKSUM_KEY = "lars_optax_crc32"  # custom_metadata field: {leaf path: CRC-32 of its bytes}.
 
 
-def _path(keys: tuple) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in keys)
-
-
 def _leaves(tree: Any) -> dict[str, Any]:
   """The leaves of a state dict (or of Orbax's tree metadata) by path (``params/conv1/kernel``)."""
-  return {_path(keys): leaf for keys, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {jax.tree_util.keystr(keys, simple=True, separator="/"): leaf for keys, leaf in flat}
 
 
 def checksums(tree: Any) -> dict[str, int]:
@@ -58,27 +52,23 @@ def checksums(tree: Any) -> dict[str, int]:
 def nonfinite_leaves(tree: Any) -> list[str]:
   """The paths of the floating-point arrays of ``tree`` that hold a NaN or an infinity."""
   leaves = {path: np.asarray(leaf) for path, leaf in _leaves(tree).items()}
-  return [
-    path
-    for path, leaf in leaves.items()
-    if np.issubdtype(leaf.dtype, np.inexact) and not np.all(np.isfinite(leaf))
-  ]
+  return [p for p, x in leaves.items() if np.issubdtype(x.dtype, np.inexact) and not np.all(np.isfinite(x))]
 
 
-def _verify(restored: Any, recorded: Mapping[str, int] | None) -> str | None:
+def _first(paths: list[str]) -> str:
+  return f"{', '.join(paths[:3])}{' ...' if len(paths) > 3 else ''}"
+
+
+def _verify(restored: Any, recorded: Any) -> str | None:
   """Why ``restored`` is unusable (a short reason), or None when it is finite and matches its CRCs."""
+  if not isinstance(recorded, dict) or not recorded:
+    return "no readable checksum record (damaged, or written by a train.py older than checksums)"
   bad = nonfinite_leaves(restored)
   if bad:
-    return f"non-finite values in {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}"
-  if recorded is None:
-    return None
+    return f"non-finite values in {_first(bad)}"
   actual = checksums(restored)
-  if set(actual) != set(recorded):
-    return "its arrays do not match the recorded checksums' names"
-  wrong = [path for path, crc in actual.items() if crc != recorded[path]]
-  if wrong:
-    return f"checksum mismatch in {', '.join(wrong[:3])}{' ...' if len(wrong) > 3 else ''}"
-  return None
+  wrong = sorted(path for path in actual.keys() | recorded.keys() if actual.get(path) != recorded.get(path))
+  return f"checksum mismatch in {_first(wrong)}" if wrong else None
 
 
 def _structure(tree: Any) -> dict[str, tuple]:
@@ -93,39 +83,15 @@ def _all_processes_agree(ok: bool) -> bool:
   return bool(np.all(multihost_utils.process_allgather(np.asarray(ok, np.int32))))
 
 
-class _AbandonedReadsFilter(logging_lib.Filter):
-  def filter(self, record: logging_lib.LogRecord) -> bool:
-    return "exception was never retrieved" not in record.getMessage()
-
-
-def _ignore_late_callbacks_of_failed_reads() -> None:
-  """Silences "Event loop is closed" from TensorStore reads that finish after a failed restore.
-
-  When one array of a damaged checkpoint fails to load, Orbax abandons its event loop while the reads
-  of the other arrays are still in flight; each one then reports, on completion, that it cannot
-  call back into the closed loop, or asyncio that nobody awaited it (dozens of tracebacks on
-  stderr, after the checkpoint's own, clear error). Other unraisable errors pass.
-  """
-  asyncio_log = logging_lib.getLogger("asyncio")
-  if not any(isinstance(f, _AbandonedReadsFilter) for f in asyncio_log.filters):
-    asyncio_log.addFilter(_AbandonedReadsFilter())
-  previous = sys.unraisablehook
-  if getattr(previous, "ignores_closed_loop", False):
-    return
-
-  def hook(unraisable) -> None:
-    error = unraisable.exc_value
-    if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
-      previous(unraisable)
-
-  hook.ignores_closed_loop = True
-  sys.unraisablehook = hook
-
-
 def _slug(reason: str) -> str:
-  return (
-    re.sub(r"[^a-z0-9]+", "-", reason.lower().split(" in ")[0].split(":")[0]).strip("-")[:40] or "unknown"
-  )
+  return re.sub(r"[^a-z0-9]+", "-", re.split(r" in |[:(]", reason.lower())[0]).strip("-")[:40] or "unknown"
+
+
+def _os_reason(error: Exception) -> str:
+  """The OS error behind a failed save ("No space left on device"), else the error's first line."""
+  if isinstance(error, OSError) and error.strerror:
+    return error.strerror
+  return str(error).split(" [os_error_code")[0].rsplit(": ", 1)[-1].splitlines()[0][:300]
 
 
 def has_checkpoints(directory: str | os.PathLike) -> bool:
@@ -147,6 +113,7 @@ class Checkpointer:
     """
     self.directory = Path(os.path.abspath(directory))
     self._every_steps = every_steps
+    self._saving: int | None = None  # The step of the save in flight.
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
     self._manager = ocp.CheckpointManager(
       self.directory, options=options, item_handlers=ocp.StandardCheckpointHandler()
@@ -169,16 +136,15 @@ class Checkpointer:
     """
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("checkpoints read")
-    if bad and jax.process_index() == 0:
-      for step, reason in bad:
-        target, suffix = self.directory / f"{step}.corrupt-{_slug(reason)}", 1
-        while target.exists():
-          suffix += 1
-          target = self.directory / f"{step}.corrupt-{_slug(reason)}.{suffix}"
-        os.rename(self.directory / str(step), target)
-        logging.warning(
-          "Checkpoint %s is unusable (%s): set aside as %s.", self.directory / str(step), reason, target
-        )
+    for step, reason in bad if jax.process_index() == 0 else []:
+      target, suffix = self.directory / f"{step}.corrupt-{_slug(reason)}", 1
+      while target.exists():
+        suffix += 1
+        target = self.directory / f"{step}.corrupt-{_slug(reason)}.{suffix}"
+      os.rename(self.directory / str(step), target)
+      logging.warning(
+        "Checkpoint %s is unusable (%s): set aside as %s.", self.directory / str(step), reason, target
+      )
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("checkpoints set aside")
     self._manager.reload()
@@ -210,12 +176,7 @@ class Checkpointer:
       custom = self._manager.metadata(step).custom_metadata or {}
     except Exception as error:  # Orbax and TensorStore raise many kinds on damage.
       return None, f"restore failed: {type(error).__name__}: {str(error)[:200]}"
-    recorded = custom.get(_CHECKSUM_KEY)
-    if recorded is None:
-      logging.warning(
-        "Checkpoint %s has no recorded checksums: checked for finiteness only.", self.directory / str(step)
-      )
-    return restored, _verify(restored, recorded)
+    return restored, _verify(restored, custom.get(_CHECKSUM_KEY))
 
   def restore_latest(self, target: TrainState) -> TrainState:
     """The newest good checkpoint, with the structure and dtypes of ``target``; ``target`` without one.
@@ -224,7 +185,6 @@ class Checkpointer:
       TrainingError: when checkpoints exist but none restores and verifies (nothing is renamed then),
         or when a checkpoint holds another structure than ``target`` (another model or optimizer).
     """
-    _ignore_late_callbacks_of_failed_reads()
     template = flax.serialization.to_state_dict(jax.device_get(target))
     incomplete = [(step, "incomplete") for step in self._incomplete_steps()]
     failures = []
@@ -244,26 +204,40 @@ class Checkpointer:
     self._set_aside(incomplete)
     return target
 
+  def _check_saved(self, call=None) -> None:
+    """Raises the failure of the save in flight (or of ``call``) as one `TrainingError`."""
+    try:
+      self._manager.check_for_errors() if call is None else call()
+    except Exception as error:  # TensorStore reports a full disk as a ValueError.
+      raise TrainingError(
+        f"Saving the checkpoint of step {self._saving} in {self.directory} failed: {_os_reason(error)}. "
+        "The checkpoints written before are kept; fix the cause and run the same command to resume."
+      ) from None
+
   def save(self, step: int, state: TrainState, *, force: bool = False) -> bool:
     """Saves ``state`` (at ``step``) when the step is periodic or ``force``; returns whether it did.
 
     Raises:
-      TrainingError: if ``state`` holds a NaN or an infinity (nothing is written).
+      TrainingError: if ``state`` holds a NaN or an infinity (nothing is written), or if this or an
+        earlier save failed.
     """
+    self._check_saved()
     if not (self.is_due(step) or force) or step == self._manager.latest_step():
       return False
     host_state = flax.serialization.to_state_dict(jax.device_get(state))
     bad = nonfinite_leaves(host_state)
     if bad:
-      raise TrainingError(f"Refusing to checkpoint a non-finite state at step {step} ({', '.join(bad[:3])}).")
-    return self._manager.save(
-      step,
-      args=ocp.args.StandardSave(host_state),
-      force=True,
-      custom_metadata={_CHECKSUM_KEY: checksums(host_state)},
-    )
+      raise TrainingError(f"Refusing to checkpoint a non-finite state at step {step} ({_first(bad)}).")
+    self._check_saved(self._manager.wait_until_finished)  # The previous save, if still in flight.
+    self._saving = step
+    custom = {_CHECKSUM_KEY: checksums(host_state)}
+    args = ocp.args.StandardSave(host_state)
+    self._check_saved(lambda: self._manager.save(step, args=args, force=True, custom_metadata=custom))
+    return True
 
   def close(self) -> None:
-    """Waits for pending saves to be committed, then releases the manager."""
-    self._manager.wait_until_finished()
-    self._manager.close()
+    """Waits for pending saves to be committed (`TrainingError` if one failed), then releases the manager."""
+    try:
+      self._check_saved(self._manager.wait_until_finished)
+    finally:
+      self._manager.close()

@@ -170,6 +170,9 @@ class _Loop:
     sync_every = config.preemption_sync_every_steps
     with progress, preemption.PreemptionHandler(sync_every_steps=sync_every) as preempt:
       for step in range(start_step, run.num_train_steps):
+        if preempt.should_stop(step):  # Also before the first step: a signal during start-up.
+          latest["preempted"] = True
+          break
         state, metrics = self.parallel.train_step(state, next(batches))
         window.add(metrics)
         done = step + 1
@@ -182,9 +185,6 @@ class _Loop:
         if self.checkpointer.is_due(done):
           self.guard.check()  # Nothing non-finite is saved.
         self.checkpointer.save(done, state)
-        if preempt.should_stop(done):
-          latest["preempted"] = True
-          break
     self.guard.check()  # Before the final save.
     return state, latest
 
@@ -212,7 +212,7 @@ def train_and_evaluate(
   info = config_checks.validate_config(config, num_devices=jax.device_count())
   run = plan.make_plan(config, info)
   report.print0(report.start_block(config, run, workdir))
-  run_config.check_and_record(
+  run_config.check(
     config,
     workdir,
     resuming=checkpoints.has_checkpoints(os.path.join(workdir, "checkpoints")),
@@ -228,13 +228,17 @@ def train_and_evaluate(
   initial = steps_lib.create_train_state(model, tx, seed=config.seed, input_shape=info.image_shape)
   host_state = checkpointer.restore_latest(jax.device_get(initial))
   start_step = int(host_state.step)
+  run_config.record(config, workdir)  # Only once the restore succeeded.
   if start_step >= run.num_train_steps:  # Finished already: no evaluation, no new events file.
     checkpointer.close()
-    report.print0(f"already complete: step {start_step} of {run.num_train_steps} in {workdir}")
+    report.print0(
+      f"already complete: step {start_step} of {run.num_train_steps} in {workdir}; nothing trained, the "
+      "summary below is the one recorded in metrics.jsonl"
+    )
     latest = {"preempted": False}
     for record in metrics_log.read_metrics(os.path.join(workdir, metrics_log.METRICS_FILE)):
       latest.update(record)
-    return _summary(start_step, host_state, latest, start_time, run, workdir)
+    return _summary(start_step, host_state, latest, None, run, workdir)  # The recorded metrics.
   if start_step:
     report.print0(f"resuming from the checkpoint at step {start_step}")
   log = metrics_log.MetricsLog(workdir, start_step=start_step)
@@ -243,21 +247,24 @@ def train_and_evaluate(
   try:
     state, latest = loop.train(parallel.place_state(host_state), start_step)
     final_step = int(jax.device_get(state.step))
-    checkpointer.save(final_step, state, force=True)
+    if final_step > start_step:  # Else stopped before the first step: nothing new to save.
+      checkpointer.save(final_step, state, force=True)
   finally:  # Also on a TrainingError: the (finite) checkpoints being written are completed.
     checkpointer.close()
     log.close()
   return _summary(final_step, state, latest, start_time, run, workdir)
 
 
-def _summary(step: int, state, latest: dict, start_time: float, run: plan.TrainingPlan, workdir) -> dict:
+def _summary(
+  step: int, state, latest: dict, start_time: float | None, run: plan.TrainingPlan, workdir
+) -> dict:
   """The summary `train_and_evaluate` returns (and prints, rounded)."""
   summary = {
     "step": step,
     **{key: value for key, value in latest.items() if key.startswith(("train/", "eval/"))},
     "skipped_steps": int(jax.device_get(state.skipped_steps)),
     "preempted": latest["preempted"],
-    "wall_time_s": time.perf_counter() - start_time,
+    "wall_time_s": None if start_time is None else time.perf_counter() - start_time,
     "expected_top1": run.expected_top1,
   }
   report.print0(report.summary_block(summary, workdir))

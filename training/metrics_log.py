@@ -137,6 +137,7 @@ class MetricsLog:
       self._writer = tensorboardX.SummaryWriter(os.fspath(self._workdir))
     for key, value in scalars.items():
       self._writer.add_scalar(key, float(value), int(step))
+    self._writer.flush()  # A killed run loses at most the window being logged.
 
   def close(self) -> None:
     """Flushes TensorBoard and closes the files."""

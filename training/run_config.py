@@ -1,11 +1,12 @@
 """The resolved config of a run, recorded as ``workdir/config.json``; a resume must not change the experiment.
 
-At start, process 0 writes the config to ``config.json``. When
-the workdir already holds checkpoints, the config is first compared with the recorded one: a change to
-a field that alters the training trajectory (the model, the data, the batch, the optimizer, the
-schedule, the seed, ...) is refused with a `ConfigError` listing each change as ``old → new``, unless
-``allow_change`` (train.py's ``--allow_config_change``); the replaced record is then kept as
-``config.<k>.json``. Fields in `NEUTRAL_FIELDS` may change freely: they decide how long the run goes,
+When the workdir already holds checkpoints, `check` compares the config (after
+`training.recipes.apply_recipe`) with the recorded one: a change to a field that alters the training
+trajectory (the model, the data, the batch, the optimizer, the schedule, the seed, the parallelism, ...)
+is refused with a `ConfigError` listing each change as ``old → new``, and so is a record that is missing,
+unreadable or not a JSON object, unless ``allow_change`` (train.py's ``--allow_config_change``). Once the
+checkpoint is restored, `record` writes the config (process 0), keeping a replaced record that differs
+as ``config.<k>.json``. Fields in `NEUTRAL_FIELDS` may change freely: they decide how long the run goes,
 what is logged or evaluated and where, not what the steps compute. Extending ``num_train_steps`` to
 continue a finished run is the common case.
 """
@@ -19,18 +20,17 @@ from typing import Any
 import jax
 import ml_collections
 from absl import logging
-from jax.experimental import multihost_utils
 
 from training.errors import ConfigError
 
 CONFIG_FILE = "config.json"
 
 # Fields a resume may change: how long to train, how often to log, evaluate and save, where the data
-# lives, and how the same steps are compiled (pmap and jit give the same parameters). Any other
-# field, including one this list does not know, alters the trajectory.
+# lives. Any other field, including one this list does not know, alters the trajectory (pmap and jit
+# reduce in different orders, so even `parallelism` does).
 NEUTRAL_FIELDS = frozenset(
   {
-    "expected_top1",  # What the config's source reports: printed, never trained with.
+    "recipe",  # Only fills other fields, which are compared resolved.
     "data_dir",
     "cache",
     "num_train_steps",
@@ -43,7 +43,6 @@ NEUTRAL_FIELDS = frozenset(
     "keep_checkpoints",
     "progress_bar",
     "max_consecutive_skips",
-    "parallelism",
     "prefetch_batches",
     "preemption_sync_every_steps",
   }
@@ -62,7 +61,7 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
   return flat
 
 
-def _as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+def as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The config as plain JSON values (tuples become lists, as they do once written)."""
   return json.loads(json.dumps(config.to_dict(), default=repr))
 
@@ -82,41 +81,35 @@ def trajectory_changes(recorded: Mapping[str, Any], current: Mapping[str, Any]) 
   return {key: change for key, change in changes(recorded, current).items() if key not in NEUTRAL_FIELDS}
 
 
-def _write(path: Path, values: Mapping[str, Any]) -> None:
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
-  os.replace(tmp, path)
+def _read(path: Path) -> Any:
+  """The record at ``path``: a dict, or a string saying why there is none."""
+  try:
+    recorded = json.loads(path.read_text())
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    return f"{'missing' if isinstance(error, FileNotFoundError) else 'unreadable'} ({error})"
+  return recorded if isinstance(recorded, dict) else f"not a JSON object (a {type(recorded).__name__})"
 
 
-def check_and_record(
+def check(
   config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, resuming: bool, allow_change: bool
 ) -> None:
-  """Compares ``config`` with ``workdir/config.json`` when ``resuming``, then records it.
-
-  Every process reads and compares (all share the workdir); process 0 writes, after all have read.
-
-  Args:
-    config: the resolved config of this run.
-    workdir: the run directory.
-    resuming: whether the workdir holds checkpoints this run will resume from.
-    allow_change: accept trajectory-altering changes (they are logged and the old record kept).
+  """Compares ``config`` with ``workdir/config.json`` when ``resuming`` (every process reads it).
 
   Raises:
-    ConfigError: on a trajectory-altering change without ``allow_change``, or an unreadable record.
+    ConfigError: on a trajectory-altering change, or a record that is missing, unreadable or not a
+      JSON object, without ``allow_change`` (with it, the change is logged).
   """
   path = Path(workdir) / CONFIG_FILE
-  current = _as_json(config)
-  recorded = None
-  if resuming and path.exists():
-    try:
-      recorded = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-      if not allow_change:
-        raise ConfigError(
-          f"{path} is unreadable ({error}); it records the config of the run being resumed. Restore "
-          "it, or pass --allow_config_change to replace it with this config."
-        ) from None
-  altered = trajectory_changes(recorded, current) if isinstance(recorded, Mapping) else {}
+  recorded = _read(path) if resuming else {}
+  if isinstance(recorded, str):
+    if not allow_change:
+      raise ConfigError(
+        f"{path} is {recorded}; it records the config of the checkpoints in {Path(workdir)}. Restore it, "
+        "or pass --allow_config_change to resume with this config and record it."
+      )
+    logging.warning("%s is %s: resuming with this config (--allow_config_change).", path, recorded)
+    return
+  altered = trajectory_changes(recorded, as_json(config)) if recorded else {}
   listing = "\n".join(f"  {key}: {old!r} → {new!r}" for key, (old, new) in altered.items())
   if altered and not allow_change:
     raise ConfigError(
@@ -126,14 +119,22 @@ def check_and_record(
     )
   if altered:
     logging.warning("Resuming with a changed config (--allow_config_change):\n%s", listing)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices("config.json read")
+
+
+def record(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> None:
+  """Writes ``config`` to ``workdir/config.json`` (process 0), after every process has called `check`.
+
+  A record it replaces that is unreadable or differs in a trajectory field is kept as ``config.<k>.json``.
+  """
   if jax.process_index() != 0:
     return
-  path.parent.mkdir(parents=True, exist_ok=True)
-  if altered:
+  path, current = Path(workdir) / CONFIG_FILE, as_json(config)
+  recorded = _read(path)
+  if path.exists() and (isinstance(recorded, str) or trajectory_changes(recorded, current)):
     index = 1
     while path.with_name(f"config.{index}.json").exists():
       index += 1
     os.replace(path, path.with_name(f"config.{index}.json"))
-  _write(path, current)
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
+  os.replace(tmp, path)

@@ -37,7 +37,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from training import cli, distributed, run_config, workdir
+from training import checkpoints, cli, distributed, run_config, workdir
 from training.errors import ConfigError, ExitCode, TrainingError
 from training.loop import train_and_evaluate
 
@@ -92,17 +92,10 @@ def _default_workdir() -> str:
 
 
 def _quiet_failed_io() -> None:
-  """Keeps a failed save or a damaged checkpoint to the one line or warning train.py prints about it.
-
-  Orbax logs the failure with tracebacks, then abandons its event loop while TensorStore operations
-  are still in flight: each reports "Event loop is closed" as an unraisable error when it completes
-  (dozens of tracebacks), or asyncio that nobody retrieved its exception. Other errors pass.
-  """
-  orbax = f"{os.sep}orbax{os.sep}"
+  """Keeps a failed save or a damaged checkpoint to the one line or warning train.py prints about it."""
+  orbax = f"{os.sep}orbax{os.sep}"  # Orbax logs the failure again, with tracebacks.
   logging.get_absl_logger().addFilter(lambda r: r.levelno < logging_lib.ERROR or orbax not in r.pathname)
-  logging_lib.getLogger("asyncio").addFilter(lambda r: "exception was never retrieved" not in r.getMessage())
-  previous = sys.unraisablehook
-  sys.unraisablehook = lambda u: None if str(u.exc_value) == "Event loop is closed" else previous(u)
+  checkpoints.ignore_abandoned_io()
 
 
 def _start(path: str) -> object:
@@ -110,23 +103,17 @@ def _start(path: str) -> object:
   if _COORDINATOR.value is not None or _NUM_PROCESSES.value is not None:
     if _WORKDIR.value is None:
       raise ConfigError("--workdir is required with several processes (all must share it).")
-    try:
-      distributed.initialize(
-        coordinator_address=_COORDINATOR.value,
-        num_processes=_NUM_PROCESSES.value,
-        process_id=_PROCESS_ID.value,
-        timeout_s=_INIT_TIMEOUT.value,
-        workdir=path,
-      )
-    except TrainingError as error:
-      print(f"train.py: {error}", file=sys.stderr, flush=True)
-      os._exit(ExitCode.ERROR)  # jax.distributed's shutdown would wait for the missing peers again.
+    distributed.initialize(
+      coordinator_address=_COORDINATOR.value,
+      num_processes=_NUM_PROCESSES.value,
+      process_id=_PROCESS_ID.value,
+      timeout_s=_INIT_TIMEOUT.value,
+    )
   lock, error = None, None
-  if jax.process_index() == 0:
-    try:
-      lock = workdir.lock(path)
-    except ConfigError as failure:
-      error = str(failure)
+  try:
+    lock = workdir.lock(path) if jax.process_index() == 0 else None
+  except ConfigError as failure:
+    error = str(failure)
   if jax.process_count() > 1:
     config = run_config.as_json(flags.FLAGS["config"].value)
     distributed.check_same_run(config, path, error=error, timeout_s=_INIT_TIMEOUT.value)
@@ -157,6 +144,9 @@ def main(argv: list[str]) -> int:
     cli.fail(str(error))
   except TrainingError as error:
     print(f"train.py: {error}", file=sys.stderr, flush=True)
+    if jax.process_count() > 1 or _NUM_PROCESSES.value:
+      sys.stdout.flush()
+      os._exit(ExitCode.ERROR)  # jax.distributed's shutdown would wait for the missing or dead peers.
     return ExitCode.ERROR
   if not (summary["preempted"] or preemption.requested()):
     return ExitCode.FINISHED

@@ -5,7 +5,9 @@ the way disks and people damage files, and `restore_latest` must return step 4, 
 step 6 (never delete it) and name it in a warning.
 """
 
+import json
 import shutil
+import sys
 from pathlib import Path
 
 import flax
@@ -17,6 +19,13 @@ import pytest
 from training import checkpoints
 from training.errors import TrainingError
 from training.steps import TrainState
+
+
+@pytest.fixture(autouse=True)
+def _abandoned_io(monkeypatch):
+  """As train.py does: a damaged checkpoint's abandoned reads are not reported as errors."""
+  monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # Restored after the test.
+  checkpoints.ignore_abandoned_io()
 
 
 def _state(step: int) -> TrainState:
@@ -82,7 +91,27 @@ def _delete_data_files(step_dir: Path) -> None:
     path.unlink()
 
 
+def _checksum_record_and_data(damage_record):
+  """Damages the checksum record (as ``damage_record`` does) and one data file: both must be caught."""
+
+  def damage(step_dir: Path) -> None:
+    metadata = step_dir / "_CHECKPOINT_METADATA"
+    damage_record(metadata)
+    _overwrite_middle(step_dir)
+
+  return damage
+
+
+def _drop_custom_metadata(metadata: Path) -> None:
+  record = json.loads(metadata.read_text())
+  del record["custom_metadata"]
+  metadata.write_text(json.dumps(record))
+
+
 DAMAGE = {
+  "record-garbled-and-data": _checksum_record_and_data(lambda m: m.write_bytes(b"\x00garbled{")),
+  "record-deleted-and-data": _checksum_record_and_data(Path.unlink),
+  "record-dropped-and-data": _checksum_record_and_data(_drop_custom_metadata),
   "overwritten-mid-file": _overwrite_middle,
   "truncated": _truncate,
   "default-deleted": _delete_default,
@@ -176,17 +205,48 @@ def test_rotation_keeps_the_last_k(tmp_path):
   assert sorted(int(p.name) for p in directory.iterdir()) == [6, 8]
 
 
-def test_checkpoint_without_checksums_is_still_checked_for_finiteness(tmp_path):
-  """A checkpoint written by plain Orbax (an older train.py: no checksums) with a NaN is set aside."""
+def test_checkpoint_without_checksums_is_set_aside_as_damaged_or_older(tmp_path, monkeypatch):
+  """A checkpoint written by plain Orbax (no checksum record) is never trusted, and the warning says why."""
   directory = tmp_path / "checkpoints"
   _write(directory, steps=(2,))
-  bad = flax.serialization.to_state_dict(_state(4))
-  bad["params"]["dense"]["kernel"][0, 0] = np.inf
   manager = ocp.CheckpointManager(directory)
-  manager.save(4, args=ocp.args.StandardSave(bad))
+  manager.save(4, args=ocp.args.StandardSave(flax.serialization.to_state_dict(_state(4))))
   manager.close()
+  warnings = []
+  monkeypatch.setattr(checkpoints.logging, "warning", lambda msg, *args: warnings.append(msg % args))
   checkpointer = checkpoints.Checkpointer(directory, every_steps=2, keep=3)
   restored = checkpointer.restore_latest(_target())
   checkpointer.close()
   assert int(restored.step) == 2
-  assert sorted(p.name for p in directory.iterdir()) == ["2", "4.corrupt-non-finite-values"]
+  assert sorted(p.name for p in directory.iterdir()) == ["2", "4.corrupt-no-readable-checksum-record"]
+  assert any("older than checksums" in warning for warning in warnings), warnings
+
+
+def _no_space_left(*args, **kwargs):
+  raise ValueError(  # As TensorStore reports a full disk.
+    'RESOURCE_EXHAUSTED: Error writing "a/0" in OCDBT database: Failed to write 178048 bytes to file 11: '
+    "No space left on device [os_error_code='28']"
+  )
+
+
+# The Orbax call that fails, and where train.py sees it: the save itself, the next step (a background
+# write failed), or the final wait.
+@pytest.mark.parametrize("failing", ["save", "check_for_errors", "wait_until_finished"])
+def test_a_failed_save_is_one_error_naming_step_directory_and_os_error(tmp_path, monkeypatch, failing):
+  directory = tmp_path / "checkpoints"
+  _write(directory, steps=(2,))
+  checkpointer = checkpoints.Checkpointer(directory, every_steps=2, keep=3)
+  if failing != "save":
+    assert checkpointer.save(4, _state(4))  # In flight when its write fails.
+  monkeypatch.setattr(checkpointer._manager, failing, _no_space_left)
+  with pytest.raises(TrainingError) as error:
+    if failing == "wait_until_finished":
+      checkpointer.close()
+    else:
+      checkpointer.save(4 if failing == "save" else 5, _state(4))
+  assert str(error.value).startswith(
+    f"Saving the checkpoint of step 4 in {directory} failed: No space left on device."
+  )
+  monkeypatch.undo()
+  checkpointer.close()
+  assert "2" in {p.name for p in directory.iterdir()}  # Every checkpoint written before is kept.

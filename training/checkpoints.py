@@ -19,8 +19,10 @@ one from a version of train.py that wrote none. A checkpoint that fails to load 
 next older one is tried. Only when none is good does the run stop (`TrainingError`), renaming nothing.
 """
 
+import logging as logging_lib
 import os
 import re
+import sys
 import zlib
 from pathlib import Path
 from typing import Any
@@ -92,6 +94,22 @@ def _os_reason(error: Exception) -> str:
   if isinstance(error, OSError) and error.strerror:
     return error.strerror
   return str(error).split(" [os_error_code")[0].rsplit(": ", 1)[-1].splitlines()[0][:300]
+
+
+def _abandoned(record: logging_lib.LogRecord) -> bool:
+  return "exception was never retrieved" not in record.getMessage()
+
+
+def ignore_abandoned_io() -> None:
+  """Silences the errors of TensorStore operations still in flight when a save or a restore failed.
+
+  Orbax then abandons its event loop; each operation reports on completion that it cannot call back
+  into the closed loop (an unraisable "Event loop is closed", dozens of tracebacks after the failure's
+  own report), or asyncio that nobody retrieved its exception. train.py calls this at start.
+  """
+  logging_lib.getLogger("asyncio").addFilter(_abandoned)
+  previous = sys.unraisablehook
+  sys.unraisablehook = lambda u: None if str(u.exc_value) == "Event loop is closed" else previous(u)
 
 
 def has_checkpoints(directory: str | os.PathLike) -> bool:
@@ -240,4 +258,4 @@ class Checkpointer:
     try:
       self._check_saved(self._manager.wait_until_finished)
     finally:
-      self._manager.close()
+      self._check_saved(self._manager.close)  # Which waits again: the same error, not a second kind.

@@ -26,26 +26,12 @@ from training.errors import ConfigError
 CONFIG_FILE = "config.json"
 
 # Fields a resume may change: how long to train, how often to log, evaluate and save, where the data
-# lives. Any other field, including one this list does not know, alters the trajectory (pmap and jit
-# reduce in different orders, so even `parallelism` does).
+# lives ("recipe" only fills other fields, compared resolved). Any other field, including one this list
+# does not know, alters the trajectory (pmap and jit reduce in different orders: even `parallelism`).
 NEUTRAL_FIELDS = frozenset(
-  {
-    "recipe",  # Only fills other fields, which are compared resolved.
-    "data_dir",
-    "cache",
-    "num_train_steps",
-    "log_every_steps",
-    "eval_every_steps",
-    "steps_per_eval",
-    "eval_batch_size",
-    "diagnostics_every_steps",
-    "checkpoint_every_steps",
-    "keep_checkpoints",
-    "progress_bar",
-    "max_consecutive_skips",
-    "prefetch_batches",
-    "preemption_sync_every_steps",
-  }
+  "recipe data_dir cache num_train_steps log_every_steps eval_every_steps steps_per_eval eval_batch_size "
+  "diagnostics_every_steps checkpoint_every_steps keep_checkpoints progress_bar max_consecutive_skips "
+  "prefetch_batches preemption_sync_every_steps".split()
 )
 
 _ABSENT = "<absent>"
@@ -129,6 +115,7 @@ def record(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Non
   if jax.process_index() != 0:
     return
   path, current = Path(workdir) / CONFIG_FILE, as_json(config)
+  path.parent.mkdir(parents=True, exist_ok=True)
   recorded = _read(path)
   if path.exists() and (isinstance(recorded, str) or trajectory_changes(recorded, current)):
     index = 1

@@ -7,7 +7,7 @@ it without a gap or a duplicate; lines that are not records (torn by a kill, or 
 and moved to ``metrics.jsonl.rejected``, never lost, and never stop a resume.
 
 TensorBoard event files go to ``workdir`` through `tensorboardX` (no TensorFlow), opened at the first
-write and flushed at every logged step, so a killed run loses at most the window being logged. Every
+write and flushed within a second of every logged step, so a killed run loses at most one window. Every
 process imports the writer, although only process 0 writes: imports of unequal length would make the
 processes reach their first collective at different times, and CPU (gloo) collectives give up after 30 s.
 """
@@ -101,10 +101,10 @@ class MetricsLog:
     record = {"step": int(step), **{key: _to_json_number(value) for key, value in scalars.items()}}
     self._file.write(json.dumps(record) + "\n")
     self._file.flush()
-    self._writer = self._writer or tensorboardX.SummaryWriter(os.fspath(self._workdir))
+    # Flushed within a second of each logged step (tensorboardX's `flush` leaves its queue unwritten).
+    self._writer = self._writer or tensorboardX.SummaryWriter(os.fspath(self._workdir), flush_secs=1)
     for key, value in scalars.items():
       self._writer.add_scalar(key, float(value), int(step))
-    self._writer.flush()  # A killed run loses at most the window being logged.
 
   def close(self) -> None:
     """Flushes TensorBoard and closes the files."""

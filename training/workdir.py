@@ -42,6 +42,7 @@ def lock(workdir: str | os.PathLike) -> tuple[IO, str]:
   except BlockingIOError:
     file.seek(0)
     holder = file.read().strip() or "a process that has not written its name yet"
+    file.close()
     raise ConfigError(
       f"--workdir={workdir} is in use by another run ({holder}); wait for it to end or use another --workdir."
     ) from None

@@ -4,22 +4,18 @@ Usage:
   python train.py  # digits, small AlexNet-BN, LARS
   python train.py --config=configs/resnet50_lars.py:32768 --config.data_dir=$TFDS_DATA_DIR \
       --workdir=/tmp/resnet50_32k
-  python train.py --config=configs/default.py --config.optimizer=sgd --config.learning_rate=0.1
 
-Multi-host GPU/CPU clusters: run one process per host with --coordinator_address=HOST:PORT,
---num_processes=N and --process_id=i (TPU pods need none of them). Each process feeds its local devices
-from its own shard of every batch; only process 0 writes logs. The processes check at start that they
-share the config and the --workdir. A process that dies stops the others (JAX aborts them: status 134,
-SIGABRT, within about 20 s); rerun the same command on every host to resume.
+Multi-host GPU/CPU clusters: one process per host with --coordinator_address=HOST:PORT,
+--num_processes=N and --process_id=i, all with the same flags and --workdir (checked at start; TPU
+pods need none of them). A process that dies stops the others: JAX aborts them (SIGABRT) within
+about 20 s.
 
-Running again with the same --workdir resumes from its latest good checkpoint, with the config recorded
-in workdir/config.json (--allow_config_change to alter the trajectory anyway). A workdir is locked while
-a run uses it: a second run on it is refused.
-
-Exit status: 0 finished; 75 preempted (SIGTERM or Ctrl-C, at any moment: state saved, run the same
-command again to resume); 130 a second Ctrl-C (stopped at once, earlier checkpoints kept); 1 failed
-(non-finite training, no usable checkpoint, a failed save, a peer that did not join, or a bug); 2 bad
-usage (a flag, config field or value, missing data, a workdir in use or not writable: one message).
+Running again with the same --workdir resumes from its latest good checkpoint, with the config
+recorded in workdir/config.json (--allow_config_change to alter the trajectory anyway); a workdir is
+locked while a run uses it. Exit status: 0 finished; 75 stopped by SIGTERM or Ctrl-C (run the same
+command to resume); 130 a second Ctrl-C; 1 failed (non-finite training, no usable checkpoint, a
+failed save, a bug); 2 bad usage (a flag, config field or value, missing data, a workdir in use or
+not writable: one message).
 """
 
 import datetime
@@ -41,36 +37,17 @@ from training import checkpoints, cli, distributed, run_config, workdir
 from training.errors import ConfigError, ExitCode, TrainingError
 from training.loop import train_and_evaluate
 
-__all__ = ["train_and_evaluate"]
-
-_WORKDIR = flags.DEFINE_string(
-  "workdir",
-  None,
-  "Directory for checkpoints and logs (default: workdir/<config>-<time> in the current directory).",
-)
-_COORDINATOR = flags.DEFINE_string(
-  "coordinator_address", None, "HOST:PORT of process 0, for jax.distributed (multi-host GPU/CPU)."
-)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints and logs (default: workdir/<config>-<time>).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (multi-host).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (hosts).", lower_bound=1)
-_PROCESS_ID = flags.DEFINE_integer(
-  "process_id", None, "Index of this process, in [0, num_processes).", lower_bound=0
-)
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process, in [0, num_processes).", lower_bound=0)
 flags.register_multi_flags_validator(
   ["process_id", "num_processes"],
   lambda f: None in (f["process_id"], f["num_processes"]) or f["process_id"] < f["num_processes"],
   "--process_id must be less than --num_processes.",
 )
-_INIT_TIMEOUT = flags.DEFINE_integer(
-  "initialization_timeout",
-  300,
-  "Seconds to wait for all --num_processes processes to join jax.distributed before failing.",
-  lower_bound=1,
-)
-_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
-  "allow_config_change",
-  False,
-  "Resume even if the config differs from workdir/config.json in a field that alters the trajectory.",
-)
+_INIT_TIMEOUT = flags.DEFINE_integer("initialization_timeout", 300, "Seconds to join.", lower_bound=1)
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool("allow_config_change", False, "Resume despite a config change.")
 
 
 def _define_config(argv: list[str]) -> None:
@@ -89,13 +66,6 @@ def _default_workdir() -> str:
   name = os.path.splitext(os.path.basename(filename))[0]
   stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
   return os.path.join("workdir", f"{name}-{stamp}")
-
-
-def _quiet_failed_io() -> None:
-  """Keeps a failed save or a damaged checkpoint to the one line or warning train.py prints about it."""
-  orbax = f"{os.sep}orbax{os.sep}"  # Orbax logs the failure again, with tracebacks.
-  logging.get_absl_logger().addFilter(lambda r: r.levelno < logging_lib.ERROR or orbax not in r.pathname)
-  checkpoints.ignore_abandoned_io()
 
 
 def _start(path: str) -> object:
@@ -125,12 +95,12 @@ def _start(path: str) -> object:
 def main(argv: list[str]) -> int:
   try:
     if len(argv) > 1:
-      raise ConfigError(
-        f"unexpected arguments {argv[1:]}: every setting is a --flag or --config.FIELD=VALUE."
-      )
+      raise ConfigError(f"unexpected arguments {argv[1:]}: use --flags and --config.FIELD=VALUE.")
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; --verbosity=0 shows it.
-    _quiet_failed_io()
+    orbax = f"{os.sep}orbax{os.sep}"  # Orbax logs a failed save or read again, with tracebacks.
+    logging.get_absl_logger().addFilter(lambda r: r.levelno < logging_lib.ERROR or orbax not in r.pathname)
+    checkpoints.ignore_abandoned_io()
     path = _WORKDIR.value or _default_workdir()
     lock = _start(path)
     logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())

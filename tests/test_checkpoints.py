@@ -155,7 +155,7 @@ def test_damaged_latest_checkpoint_is_set_aside_and_the_previous_one_restored(
   assert not (directory / "6").exists()
   [aside] = directory.glob("6.corrupt-*")
   assert any(str(aside) in warning and str(directory / "6") in warning for warning in warnings), warnings
-  assert checkpointer.latest_step == 4
+  assert checkpointer._manager.latest_step() == 4
   # Training goes on: the next save at step 6 is a new, good checkpoint.
   assert checkpointer.save(6, _state(6))
   checkpointer.close()

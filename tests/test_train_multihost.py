@@ -116,3 +116,47 @@ def test_two_processes_with_two_devices_equal_one_process_with_four(tmp_path, pa
       rtol=1e-5,
       err_msg=key,
     )
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(
+  "second, field",
+  [
+    (["--config.batch_size=64"], "config.batch_size: 32 on process 0, 64 on process 1"),
+    (["--workdir={tmp}/elsewhere"], "--workdir: "),
+  ],
+)
+def test_processes_of_one_run_with_different_configs_or_workdirs_both_stop_at_once(tmp_path, second, field):
+  port = _free_port()
+  shared = [f"--coordinator_address=localhost:{port}", "--num_processes=2", "--initialization_timeout=120"]
+  processes = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        "train.py",
+        f"--workdir={tmp_path}/run",
+        *FLAGS,
+        *shared,
+        f"--process_id={index}",
+        *extra,
+      ],
+      cwd=REPO_ROOT,
+      env=_env(1),
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for index, extra in enumerate([[], [flag.format(tmp=tmp_path) for flag in second]])
+  ]
+  try:
+    for process in processes:
+      _, stderr = process.communicate(timeout=240)
+      assert process.returncode == 2, stderr[-3000:]
+      assert "the processes of this run differ" in stderr and field in stderr and "Traceback" not in stderr
+  finally:
+    for process in processes:
+      if process.poll() is None:
+        process.kill()
+  assert not (tmp_path / "run" / "checkpoints").exists()

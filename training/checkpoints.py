@@ -1,22 +1,11 @@
 """Checkpoints of the training state with Orbax: periodic and final, atomic, verified, the last K kept.
 
-A checkpoint holds the `TrainState` (parameters, optimizer state, batch statistics, step, skipped-step
-count) as a tree of host arrays. Nothing else is needed to resume exactly: the data order and the
-dropout keys are functions of (config.seed, step), so the step restores them too.
-
-Orbax writes each checkpoint into a temporary directory and renames it when complete, so a run killed
-mid-save leaves the previous checkpoint as the latest. Saves are asynchronous; a save that fails (a full
-disk) is reported by the next `save` or by `close` as a `TrainingError` naming the step, the directory
-and the OS error, and the checkpoints written before are kept. With several processes every process
-calls `save` and `restore` (Orbax synchronises them; the replicated host arrays are written once).
-
-Nothing non-finite is ever written: `save` refuses a state with a NaN or an infinity. Every checkpoint
-carries a CRC-32 of each array in Orbax's step metadata (``N/_CHECKPOINT_METADATA``), because Orbax
-itself checksums only the chunk index, not the data. The record is required: a checkpoint whose record
-is missing or unreadable counts as damaged (a damaged record must not turn verification off), as does
-one from a version of train.py that wrote none. A checkpoint that fails to load or to verify is renamed
-``N.corrupt-<reason>`` (never deleted, and out of Orbax's sight), a warning names it and why, and the
-next older one is tried. Only when none is good does the run stop (`TrainingError`), renaming nothing.
+A checkpoint holds the `TrainState` as host arrays (data order and dropout keys follow from the seed and
+the step). Orbax renames a checkpoint into place when complete; saves run in the background, and one that
+fails (a full disk) stops the run with one `TrainingError` naming the step, directory and OS error.
+Nothing non-finite is written. Each checkpoint records a CRC-32 of every array in its step metadata, and
+the record is required, so damage to it cannot turn verification off. A checkpoint that fails to load or
+verify is renamed ``N.corrupt-<reason>`` (never deleted) with a warning, and the next older one is tried.
 """
 
 import logging as logging_lib
@@ -74,15 +63,11 @@ def _verify(restored: Any, recorded: Any) -> str | None:
 
 
 def _structure(tree: Any) -> dict[str, tuple]:
-  """Path → (shape, dtype) of a state dict or of Orbax's tree metadata."""
   return {path: (tuple(leaf.shape), np.dtype(leaf.dtype).name) for path, leaf in _leaves(tree).items()}
 
 
-def _all_processes_agree(ok: bool) -> bool:
-  """True when ``ok`` holds on every process (each process verifies what it read itself)."""
-  if jax.process_count() == 1:
-    return ok
-  return bool(np.all(multihost_utils.process_allgather(np.asarray(ok, np.int32))))
+def _all_processes_agree(ok: bool) -> bool:  # Each process verifies what it read itself.
+  return ok if jax.process_count() == 1 else bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
 
 
 def _slug(reason: str) -> str:
@@ -96,18 +81,12 @@ def _os_reason(error: Exception) -> str:
   return str(error).split(" [os_error_code")[0].rsplit(": ", 1)[-1].splitlines()[0][:300]
 
 
-def _abandoned(record: logging_lib.LogRecord) -> bool:
-  return "exception was never retrieved" not in record.getMessage()
-
-
 def ignore_abandoned_io() -> None:
-  """Silences the errors of TensorStore operations still in flight when a save or a restore failed.
+  """Silences the TensorStore operations that a failed save or restore leaves in flight (train.py calls it).
 
-  Orbax then abandons its event loop; each operation reports on completion that it cannot call back
-  into the closed loop (an unraisable "Event loop is closed", dozens of tracebacks after the failure's
-  own report), or asyncio that nobody retrieved its exception. train.py calls this at start.
+  Each reports "Event loop is closed" (unraisable) or an exception never retrieved: dozens of tracebacks.
   """
-  logging_lib.getLogger("asyncio").addFilter(_abandoned)
+  logging_lib.getLogger("asyncio").addFilter(lambda r: "exception was never retrieved" not in r.getMessage())
   previous = sys.unraisablehook
   sys.unraisablehook = lambda u: None if str(u.exc_value) == "Event loop is closed" else previous(u)
 
@@ -122,13 +101,7 @@ class Checkpointer:
   """Saves and restores `TrainState` in ``directory`` (a step number per checkpoint)."""
 
   def __init__(self, directory: str | os.PathLike, *, every_steps: int, keep: int):
-    """Opens (or creates) the checkpoint directory.
-
-    Args:
-      directory: where checkpoints live, one subdirectory per step.
-      every_steps: periodic saves every this many steps (0: only forced saves).
-      keep: how many of the most recent checkpoints to keep.
-    """
+    """Opens or creates ``directory``; saves every ``every_steps`` steps (0: forced only), keeps ``keep``."""
     self.directory = Path(os.path.abspath(directory))
     self._every_steps = every_steps
     self._saving: int | None = None  # The step of the save in flight.
@@ -137,21 +110,13 @@ class Checkpointer:
       self.directory, options=options, item_handlers=ocp.StandardCheckpointHandler()
     )
 
-  @property
-  def latest_step(self) -> int | None:
-    """The step of the newest complete checkpoint, None when there is none."""
-    return self._manager.latest_step()
-
   def is_due(self, step: int) -> bool:
     """Whether `save` would write a periodic checkpoint at ``step``."""
     periodic = self._every_steps > 0 and step % self._every_steps == 0
     return periodic and step != self._manager.latest_step()
 
   def _set_aside(self, bad: list[tuple[int, str]]) -> None:
-    """Renames the checkpoints ``bad`` (step, reason) out of Orbax's sight, on process 0 only.
-
-    Every process calls this with the same list, after all of them have read the directory.
-    """
+    """Renames the checkpoints ``bad`` (step, reason) out of Orbax's sight (process 0, once all read)."""
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("checkpoints read")
     for step, reason in bad if jax.process_index() == 0 else []:
@@ -167,12 +132,6 @@ class Checkpointer:
       multihost_utils.sync_global_devices("checkpoints set aside")
     self._manager.reload()
 
-  def _incomplete_steps(self) -> list[int]:
-    """Step directories that Orbax does not list (no commit marker, emptied): set aside as well."""
-    known = set(self._manager.all_steps())
-    found = [int(p.name) for p in self.directory.iterdir() if p.name.isdigit() and p.is_dir()]
-    return sorted(step for step in found if step not in known)
-
   def _try_restore(self, step: int, template: dict) -> tuple[Any, str | None]:
     """Restores ``step``; returns (the state dict or None, why it is unusable or None)."""
     if not (self.directory / str(step) / "default").is_dir():
@@ -185,9 +144,8 @@ class Checkpointer:
     if stored != expected:
       differences = sorted(set(stored.items()) ^ set(expected.items()))[:3]
       raise TrainingError(
-        f"The checkpoint {self.directory / str(step)} holds another kind of state than this config "
-        f"builds (first differences, path: (shape, dtype): {differences}); it was written with another "
-        "model or optimizer. Use a new --workdir."
+        f"The checkpoint {self.directory / str(step)} was written with another model or optimizer (first "
+        f"differences, path: (shape, dtype): {differences}). Use a new --workdir."
       )
     try:
       restored = self._manager.restore(step, args=ocp.args.StandardRestore(template))
@@ -200,13 +158,14 @@ class Checkpointer:
     """The newest good checkpoint, with the structure and dtypes of ``target``; ``target`` without one.
 
     Raises:
-      TrainingError: when checkpoints exist but none restores and verifies (nothing is renamed then),
-        or when a checkpoint holds another structure than ``target`` (another model or optimizer).
+      TrainingError: when none restores and verifies (nothing renamed), or one holds another structure.
     """
     template = flax.serialization.to_state_dict(jax.device_get(target))
-    incomplete = [(step, "incomplete") for step in self._incomplete_steps()]
+    known = set(self._manager.all_steps())  # Orbax does not list a step without its commit marker.
+    found = {int(p.name) for p in self.directory.iterdir() if p.name.isdigit() and p.is_dir()}
+    incomplete = [(step, "incomplete") for step in sorted(found - known)]
     failures = []
-    for step in sorted(self._manager.all_steps(), reverse=True):
+    for step in sorted(known, reverse=True):
       restored, reason = self._try_restore(step, template)
       if not _all_processes_agree(reason is None):
         failures.append((step, reason or "failed verification on another process"))
@@ -236,8 +195,7 @@ class Checkpointer:
     """Saves ``state`` (at ``step``) when the step is periodic or ``force``; returns whether it did.
 
     Raises:
-      TrainingError: if ``state`` holds a NaN or an infinity (nothing is written), or if this or an
-        earlier save failed.
+      TrainingError: if ``state`` is not finite (nothing is written), or this or an earlier save failed.
     """
     self._check_saved()
     if not (self.is_due(step) or force) or step == self._manager.latest_step():

@@ -7,7 +7,6 @@ Once joined, `check_same_run` compares every process's config and workdir with p
 dies later is detected by JAX's heartbeat within `HEARTBEAT_S` seconds; JAX then aborts the others.
 """
 
-import inspect
 import json
 import os
 import sys
@@ -26,13 +25,7 @@ _KEY = "lars_optax/run"
 def initialize(
   *, coordinator_address: str | None, num_processes: int, process_id: int, timeout_s: int
 ) -> None:
-  """Joins the ``num_processes`` processes of this run, waiting at most ``timeout_s`` seconds.
-
-  On time-out the process prints why to stderr and exits with status 1 at once.
-
-  Raises:
-    TrainingError: when JAX reports a failure to join.
-  """
+  """Joins the processes of this run; on time-out prints why and exits with status 1 at once."""
   message = (
     f"Not all {num_processes} processes joined jax.distributed within {timeout_s} s "
     f"(--initialization_timeout; coordinator {coordinator_address}, this is process {process_id}). Start "
@@ -46,12 +39,14 @@ def initialize(
       os._exit(ExitCode.ERROR)  # JAX's shutdown would wait for the missing peers again.
 
   threading.Thread(target=watchdog, name="join-watchdog", daemon=True).start()
-  kwargs = dict(coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id)
-  accepted = inspect.signature(jax.distributed.initialize).parameters
-  if "heartbeat_timeout_seconds" in accepted:
-    kwargs.update(initialization_timeout=timeout_s + 15, heartbeat_timeout_seconds=HEARTBEAT_S)
   try:
-    jax.distributed.initialize(**kwargs)
+    jax.distributed.initialize(
+      coordinator_address=coordinator_address,
+      num_processes=num_processes,
+      process_id=process_id,
+      initialization_timeout=timeout_s + 15,  # After the watchdog's message.
+      heartbeat_timeout_seconds=HEARTBEAT_S,
+    )
   except Exception as error:  # XlaRuntimeError, or JaxRuntimeError on newer JAX.
     raise TrainingError(f"{message} JAX said: {str(error).strip()[:500]}") from error
   finally:

@@ -1,33 +1,21 @@
-"""The exceptions and exit statuses of train.py, so that schedulers can requeue correctly.
-
-=========  ===================================================================================
-status     meaning
-=========  ===================================================================================
-0          finished: every step trained and the final checkpoint written.
-1          failed: a bug (traceback), or a run that went wrong (`TrainingError`: non-finite loss
-           or parameters, no usable checkpoint); nothing non-finite was saved.
-2          bad usage (`ConfigError`): a flag, config field or value, or missing data; one message
-           naming what to fix, printed before anything is created.
-75         preempted (EX_TEMPFAIL from sysexits.h): SIGTERM or SIGINT, state saved; run the same
-           command again to resume.
-=========  ===================================================================================
-"""
+"""The exceptions and exit statuses of train.py, so that schedulers can requeue correctly."""
 
 import enum
 
 
 class ExitCode(enum.IntEnum):
-  """Process exit statuses of train.py (see the module docstring)."""
+  """Process exit statuses of train.py."""
 
-  FINISHED = 0
-  ERROR = 1
-  USAGE = 2
-  PREEMPTED = 75
+  FINISHED = 0  # Every step trained and the final checkpoint written.
+  ERROR = 1  # A bug (traceback) or a `TrainingError`; the checkpoints written before are kept.
+  USAGE = 2  # A `ConfigError`: one message naming what to fix, before training starts.
+  PREEMPTED = 75  # EX_TEMPFAIL (sysexits.h): SIGTERM or SIGINT; run the same command to resume.
+  INTERRUPTED = 130  # 128 + SIGINT: a second Ctrl-C stopped the run at once.
 
 
 class ConfigError(ValueError):
-  """A user error in the command line or the config: train.py prints it alone and exits 2."""
+  """A user error in the command line, the config or the workdir: train.py prints it alone and exits 2."""
 
 
 class TrainingError(RuntimeError):
-  """A run that cannot go on (non-finite training, no usable checkpoint): train.py exits 1."""
+  """A run that cannot go on (non-finite training, no usable checkpoint, a failed save): exit 1."""

@@ -1,15 +1,10 @@
-"""Metrics to ``workdir/metrics.jsonl`` and TensorBoard, from process 0 only.
+"""Metrics to ``workdir/metrics.jsonl`` and TensorBoard (`tensorboardX`, no TensorFlow), from process 0 only.
 
-``metrics.jsonl`` holds one JSON object per logged step (``{"step": 40, "train/loss": ...}``, ``step``
-being the number of optimizer steps completed), written line by line and flushed. On resume from a
-checkpoint at step s it is cut back to the records with ``step <= s``, so that the resumed run continues
-it without a gap or a duplicate; lines that are not records (torn by a kill, or damaged) are reported
-and moved to ``metrics.jsonl.rejected``, never lost, and never stop a resume.
-
-TensorBoard event files go to ``workdir`` through `tensorboardX` (no TensorFlow), opened at the first
-write and flushed within a second of every logged step, so a killed run loses at most one window. Every
-process imports the writer, although only process 0 writes: imports of unequal length would make the
-processes reach their first collective at different times, and CPU (gloo) collectives give up after 30 s.
+``metrics.jsonl`` holds one JSON object per logged step (``{"step": 40, "train/loss": ...}``), flushed line
+by line; a resume from step s cuts it back to the records with ``step <= s`` (no gap, no duplicate) and
+moves lines that are not records (torn by a kill, or damaged) to ``metrics.jsonl.rejected``. Event files
+reach the disk within a second of each logged step. Every process imports the writer (imports of unequal
+length would delay the first collective, and CPU collectives give up after 30 s).
 """
 
 import json
@@ -64,7 +59,7 @@ def truncate_metrics(path: str | os.PathLike, last_step: int) -> int:
       file.writelines(line + b"\n" for _, _, line in rejected)
     examples = "; ".join(f"line {number}: {why}" for number, why, _ in rejected[:3])
     logging.warning(
-      "%s: skipped %d line(s) that are not metrics records (%s): moved to %s.rejected.",
+      "%s: skipped %d line(s) that are not records (%s): moved to %s.rejected.",
       path,
       len(rejected),
       examples,

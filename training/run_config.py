@@ -1,14 +1,10 @@
 """The resolved config of a run, recorded as ``workdir/config.json``; a resume must not change the experiment.
 
-When the workdir already holds checkpoints, `check` compares the config (after
-`training.recipes.apply_recipe`) with the recorded one: a change to a field that alters the training
-trajectory (the model, the data, the batch, the optimizer, the schedule, the seed, the parallelism, ...)
-is refused with a `ConfigError` listing each change as ``old → new``, and so is a record that is missing,
-unreadable or not a JSON object, unless ``allow_change`` (train.py's ``--allow_config_change``). Once the
-checkpoint is restored, `record` writes the config (process 0), keeping a replaced record that differs
-as ``config.<k>.json``. Fields in `NEUTRAL_FIELDS` may change freely: they decide how long the run goes,
-what is logged or evaluated and where, not what the steps compute. Extending ``num_train_steps`` to
-continue a finished run is the common case.
+When the workdir holds checkpoints, `check` refuses (`ConfigError`, each change listed ``old → new``) a
+config that differs from the record in a field that alters the trajectory, or a record that is missing,
+unreadable or not a JSON object, unless ``allow_change`` (``--allow_config_change``). Once the checkpoint
+is restored, `record` writes the config, keeping a replaced record as ``config.<k>.json``. Fields in
+`NEUTRAL_FIELDS` may change freely (extending ``num_train_steps`` to continue a finished run is common).
 """
 
 import json
@@ -38,13 +34,10 @@ _ABSENT = "<absent>"
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
+  nested = [
+    _flatten(v, f"{prefix}{k}.") if isinstance(v, Mapping) else {prefix + k: v} for k, v in tree.items()
+  ]
+  return {key: value for flat in nested for key, value in flat.items()}
 
 
 def as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -79,23 +72,15 @@ def _read(path: Path) -> Any:
 def check(
   config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, resuming: bool, allow_change: bool
 ) -> None:
-  """Compares ``config`` with ``workdir/config.json`` when ``resuming`` (every process reads it).
-
-  Raises:
-    ConfigError: on a trajectory-altering change, or a record that is missing, unreadable or not a
-      JSON object, without ``allow_change`` (with it, the change is logged).
-  """
+  """Compares ``config`` with ``workdir/config.json`` when ``resuming`` (on every process; see above)."""
   path = Path(workdir) / CONFIG_FILE
   recorded = _read(path) if resuming else {}
-  if isinstance(recorded, str):
-    if not allow_change:
-      raise ConfigError(
-        f"{path} is {recorded}; it records the config of the checkpoints in {Path(workdir)}. Restore it, "
-        "or pass --allow_config_change to resume with this config and record it."
-      )
-    logging.warning("%s is %s: resuming with this config (--allow_config_change).", path, recorded)
-    return
-  altered = trajectory_changes(recorded, as_json(config)) if recorded else {}
+  if isinstance(recorded, str) and not allow_change:
+    raise ConfigError(
+      f"{path} is {recorded}; it records the config of the checkpoints in {Path(workdir)}. Restore it, "
+      "or pass --allow_config_change to resume with this config and record it."
+    )
+  altered = trajectory_changes(recorded, as_json(config)) if isinstance(recorded, dict) else {}
   listing = "\n".join(f"  {key}: {old!r} → {new!r}" for key, (old, new) in altered.items())
   if altered and not allow_change:
     raise ConfigError(
@@ -108,10 +93,7 @@ def check(
 
 
 def record(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> None:
-  """Writes ``config`` to ``workdir/config.json`` (process 0), after every process has called `check`.
-
-  A record it replaces that is unreadable or differs in a trajectory field is kept as ``config.<k>.json``.
-  """
+  """Writes ``workdir/config.json`` (process 0; the restore before it synchronised the processes)."""
   if jax.process_index() != 0:
     return
   path, current = Path(workdir) / CONFIG_FILE, as_json(config)

@@ -1,10 +1,9 @@
-"""The run directory, checked at start and locked for the whole run.
+"""The run directory, created and locked at start for the whole run.
 
-`lock` creates the workdir and takes an advisory `fcntl.flock` on ``workdir/.lock``: a second run on
-the same workdir is refused, naming the process that holds it. The OS releases the lock when the
-holding process ends, however it ends (a SIGKILL included), so a dead run never leaves a stale lock.
-With several processes, process 0 takes the lock and the others check that the workdir they were given
-holds process 0's lock (`training.distributed.check_same_run`).
+The lock is an advisory `fcntl.flock` on ``workdir/.lock``, which names its holder: a second run on the
+workdir is refused naming it. The OS releases the lock when the holder ends, however it ends (SIGKILL
+included), so a dead run never leaves a stale lock. With several processes process 0 holds it and the
+others check that their --workdir names the same holder (`training.distributed.check_same_run`).
 """
 
 import fcntl
@@ -20,11 +19,7 @@ LOCK_FILE = ".lock"
 
 
 def lock(workdir: str | os.PathLike) -> tuple[IO, str]:
-  """Creates ``workdir`` if needed and locks it until the process ends.
-
-  Returns:
-    The open lock file (keep it open: closing it releases the lock) and the holder's description
-    (``pid 123 on host h, run <uuid>``), also written into the file.
+  """Creates and locks ``workdir``; returns the open lock file (closing it unlocks) and the holder.
 
   Raises:
     ConfigError: when the workdir cannot be created or written, or another process holds its lock.
@@ -48,13 +43,12 @@ def lock(workdir: str | os.PathLike) -> tuple[IO, str]:
     ) from None
   holder = f"pid {os.getpid()} on host {socket.gethostname()}, run {uuid.uuid4().hex[:12]}"
   file.truncate(0)
-  file.write(holder + "\n")
-  file.flush()
+  print(holder, file=file, flush=True)
   return file, holder
 
 
 def holder(workdir: str | os.PathLike) -> str | None:
-  """What the lock file of ``workdir`` says about its holder, None when there is none."""
+  """The holder named by the lock file of ``workdir``, None when there is none."""
   try:
     return (Path(workdir) / LOCK_FILE).read_text().strip()
   except OSError:

@@ -102,18 +102,19 @@ def main(argv: list[str]) -> int:
     logging.get_absl_logger().addFilter(lambda r: r.levelno < logging_lib.ERROR or orbax not in r.pathname)
     checkpoints.ignore_abandoned_io()
     path = _WORKDIR.value or _default_workdir()
-    lock = _start(path)
-    logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
+    _lock = _start(path)  # Held until main returns.
     summary = {"step": 0, "preempted": True}
     if not (preemption.requested() and jax.process_count() == 1):  # Else stopped before compiling.
       summary = train_and_evaluate(
         flags.FLAGS["config"].value, path, allow_config_change=_ALLOW_CONFIG_CHANGE.value
       )
-    del lock  # Held until here.
   except ConfigError as error:
     cli.fail(str(error))
-  except TrainingError as error:
-    print(f"train.py: {error}", file=sys.stderr, flush=True)
+  except (TrainingError, jax.errors.JaxRuntimeError) as error:  # The latter when a peer dies mid-step.
+    if not isinstance(error, TrainingError) and jax.process_count() == 1:
+      raise  # A bug: the traceback is wanted.
+    peer = "" if isinstance(error, TrainingError) else "another process failed or died: "
+    print(f"train.py: {peer}{str(error).strip().splitlines()[0]}", file=sys.stderr, flush=True)
     if jax.process_count() > 1 or _NUM_PROCESSES.value:
       sys.stdout.flush()
       os._exit(ExitCode.ERROR)  # jax.distributed's shutdown would wait for the missing or dead peers.

@@ -93,8 +93,7 @@ def ignore_abandoned_io() -> None:
 
 def has_checkpoints(directory: str | os.PathLike) -> bool:
   """Whether ``directory`` holds a step directory (complete or not) that a run would resume from."""
-  directory = Path(directory)
-  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+  return Path(directory).is_dir() and any(p.name.isdigit() for p in Path(directory).iterdir())
 
 
 class Checkpointer:
@@ -112,8 +111,7 @@ class Checkpointer:
 
   def is_due(self, step: int) -> bool:
     """Whether `save` would write a periodic checkpoint at ``step``."""
-    periodic = self._every_steps > 0 and step % self._every_steps == 0
-    return periodic and step != self._manager.latest_step()
+    return self._every_steps > 0 and step % self._every_steps == 0 and step != self._manager.latest_step()
 
   def _set_aside(self, bad: list[tuple[int, str]]) -> None:
     """Renames the checkpoints ``bad`` (step, reason) out of Orbax's sight (process 0, once all read)."""

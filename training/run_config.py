@@ -74,7 +74,7 @@ def check(
 ) -> None:
   """Compares ``config`` with ``workdir/config.json`` when ``resuming`` (on every process; see above)."""
   path = Path(workdir) / CONFIG_FILE
-  recorded = _read(path) if resuming else {}
+  recorded = _read(path) if resuming else None
   if isinstance(recorded, str) and not allow_change:
     raise ConfigError(
       f"{path} is {recorded}; it records the config of the checkpoints in {Path(workdir)}. Restore it, "

@@ -108,6 +108,13 @@ def test_ctrl_c_config_change_and_damaged_checkpoint_and_metrics(tmp_path):
   assert changed.returncode == ExitCode.USAGE, changed.stderr[-3000:]
   assert "learning_rate: 10.0 → 5.0" in changed.stderr and "Traceback" not in changed.stderr
   assert _steps(workdir)[-1] == stopped_at
+  # Allowed, but the checkpoints hold another optimizer's state: exit 1, and the record is unchanged.
+  record = (workdir / "config.json").read_bytes()
+  other = _train(workdir, "--config.optimizer=sgd", "--config.learning_rate=0.1", "--allow_config_change")
+  assert other.returncode == ExitCode.ERROR and "another model or optimizer" in other.stderr, other.stderr[
+    -3000:
+  ]
+  assert (workdir / "config.json").read_bytes() == record and not list(workdir.glob("config.*.json"))
 
   # 3. Damage: the newest checkpoint in the middle of a data file, metrics.jsonl with lines that are
   # not records. The resume (extending num_train_steps, a neutral change) sets the checkpoint aside,

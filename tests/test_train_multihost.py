@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -160,3 +161,44 @@ def test_processes_of_one_run_with_different_configs_or_workdirs_both_stop_at_on
       if process.poll() is None:
         process.kill()
   assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.timeout(400)
+def test_a_peer_that_dies_mid_run_stops_the_survivor_at_once_with_one_line(tmp_path):
+  port = _free_port()
+  processes = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        "train.py",
+        f"--workdir={tmp_path}",
+        *FLAGS,
+        "--config.num_train_steps=100000",
+        f"--coordinator_address=localhost:{port}",
+        "--num_processes=2",
+        f"--process_id={index}",
+      ],
+      cwd=REPO_ROOT,
+      env=_env(1),
+      stdout=subprocess.PIPE if index == 0 else subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for index in range(2)
+  ]
+  survivor, victim = processes
+  try:
+    assert any(line.startswith("step 3/") for line in survivor.stdout), "training did not start"
+    victim.kill()
+    killed = time.monotonic()
+    _, stderr = survivor.communicate(timeout=120)
+    assert survivor.returncode == 1 and time.monotonic() - killed < 60, stderr[-3000:]
+    [line] = stderr.strip().splitlines()
+    assert line.startswith("train.py: another process failed or died")
+  finally:
+    for process in processes:
+      if process.poll() is None:
+        process.kill()
+      process.communicate()

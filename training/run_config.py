@@ -22,12 +22,12 @@ from training.errors import ConfigError
 CONFIG_FILE = "config.json"
 
 # Fields a resume may change: how long to train, how often to log, evaluate and save, where the data
-# lives ("recipe" only fills other fields, compared resolved). Any other field, including one this list
+# lives, the top-1 a config's source reports (printed only). Any other field, including one this list
 # does not know, alters the trajectory (pmap and jit reduce in different orders: even `parallelism`).
 NEUTRAL_FIELDS = frozenset(
-  "recipe data_dir cache num_train_steps log_every_steps eval_every_steps steps_per_eval eval_batch_size "
-  "diagnostics_every_steps checkpoint_every_steps keep_checkpoints progress_bar max_consecutive_skips "
-  "prefetch_batches preemption_sync_every_steps".split()
+  "expected_top1 data_dir cache num_train_steps log_every_steps eval_every_steps steps_per_eval "
+  "eval_batch_size diagnostics_every_steps checkpoint_every_steps keep_checkpoints progress_bar "
+  "max_consecutive_skips prefetch_batches preemption_sync_every_steps".split()
 )
 
 _ABSENT = "<absent>"

@@ -7,8 +7,8 @@ Usage:
 
 Multi-host GPU/CPU clusters: one process per host with --coordinator_address=HOST:PORT,
 --num_processes=N and --process_id=i, all with the same flags and --workdir (checked at start; TPU
-pods need none of them). A process that dies stops the others: JAX aborts them (SIGABRT) within
-about 20 s.
+pods need none). If a process dies the others exit 1 when a collective fails, or, if one hangs, JAX
+aborts them (SIGABRT: status 134) once the dead one has missed 20 s of heartbeats.
 
 Running again with the same --workdir resumes from its latest good checkpoint, with the config
 recorded in workdir/config.json (--allow_config_change to alter the trajectory anyway); a workdir is

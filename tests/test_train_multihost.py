@@ -102,7 +102,8 @@ def test_two_processes_with_two_devices_equal_one_process_with_four(tmp_path, pa
   assert reference.returncode == 0, stderr.decode()[-4000:]
 
   multi_state, single_state = _restore(multi), _restore(single)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), multi_state, single_state)
+  # float32 sums in another order, after 3 steps at learning rate 10: about 1e-6 apart near zero.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), multi_state, single_state)
   # Not vacuous: the steps ran and built up LARS momentum.
   assert int(multi_state["step"]) == NUM_STEPS
   assert np.any(multi_state["opt_state"]["momentum"]["conv1"]["kernel"] != 0)

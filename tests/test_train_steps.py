@@ -1,10 +1,11 @@
-"""The compiled training steps: pmap vs one device, pmap vs jit, gradient accumulation, skipped steps.
+"""The compiled training steps against computations written out here from the model alone.
 
-Models are the tiny MNIST-1D convnets (input (B, 40, 1)) on random data; every comparison is between
-two independently compiled programs, or against a gradient computed here from the model alone.
+Models are the tiny MNIST-1D convnets (input (B, 40, 1), no dropout) on random data: one step, with or
+without gradient accumulation, equals the k-fold accumulation written out with `model.apply` (batch
+statistics threaded through the micro-batches); pmap equals jit and one device; non-finite steps are
+skipped. Every comparison is between independently compiled programs.
 """
 
-import dataclasses
 import functools
 
 import jax
@@ -19,6 +20,7 @@ from training import steps
 
 NUM_CLASSES = 10
 SHAPE = (40, 1)
+LEARNING_RATE = 0.1
 
 
 def _batch(rng: np.random.Generator, num_devices: int, per_device: int) -> dict[str, np.ndarray]:
@@ -60,7 +62,7 @@ LARS = lars_optax.lars(0.5, weight_decay=1e-3)
 
 
 @functools.cache
-def _lars_parallel(kind: str, sync_batch_norm: bool, grad_accum_steps: int, num_devices: int):
+def _lars_steps(kind: str, sync_batch_norm: bool, grad_accum_steps: int, num_devices: int):
   """Compiled LARS steps on conv1d_bn, shared between tests (each compile costs seconds)."""
   config = _config("conv1d_bn", LARS, grad_accum_steps=grad_accum_steps, skip_nonfinite=True)
   return steps.PARALLELISM[kind](config, sync_batch_norm=sync_batch_norm, devices=jax.devices()[:num_devices])
@@ -71,14 +73,73 @@ def _lars_state() -> steps.TrainState:
   return _init(_config("conv1d_bn", LARS))
 
 
+def _written_out_sgd_step(model, state: steps.TrainState, images: np.ndarray, labels: np.ndarray, k: int):
+  """w - γ (1/k) Σ_i ∇L(w; micro-batch i), the running statistics updated by micro-batch 0, 1, ..., k-1."""
+  params, batch_stats, grads, losses = state.params, state.batch_stats, [], []
+  for images_i, labels_i in zip(np.split(images, k), np.split(labels, k), strict=True):
+
+    def loss(params, images_i=images_i, labels_i=labels_i, batch_stats=batch_stats):
+      variables = {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+      logits, updates = model.apply(variables, images_i, train=True, mutable=["batch_stats"])
+      log_p = jax.nn.log_softmax(logits)
+      return -jnp.mean(jnp.take_along_axis(log_p, labels_i[:, None], axis=-1)), updates.get("batch_stats", {})
+
+    (loss_i, batch_stats), grads_i = jax.value_and_grad(loss, has_aux=True)(params)
+    grads.append(grads_i)
+    losses.append(loss_i)
+  mean_grad = jax.tree.map(lambda *g: sum(g) / k, *grads)
+  new_params = jax.tree.map(lambda w, g: w - LEARNING_RATE * g, params, mean_grad)
+  return new_params, batch_stats, float(np.mean(losses))
+
+
+@pytest.mark.parametrize(
+  ("model_name", "grad_accum_steps", "unroll"),
+  [("conv1d", 1, True), ("conv1d_bn", 1, True), ("conv1d_bn", 3, True), ("conv1d_bn", 3, False)],
+  ids=["k1", "k1-bn", "k3-bn-unrolled", "k3-bn-scan"],
+)
+def test_step_equals_the_accumulation_written_out(model_name, grad_accum_steps, unroll):
+  """k micro-batches, statistics threaded through them, == the loop over `model.apply` written out here."""
+  k = grad_accum_steps
+  config = _config(model_name, optax.sgd(LEARNING_RATE), grad_accum_steps=k)
+  state = _init(config)
+  rng = np.random.default_rng(3)
+  batch = {"image": rng.standard_normal((24, *SHAPE)).astype(np.float32), "label": rng.integers(0, 10, 24)}
+  step = jax.jit(
+    functools.partial(
+      steps.train_step, config=config, axis_name=None, num_shards=1, bn_groups=1, unroll=unroll
+    )
+  )
+  after, metrics = jax.device_get(step(state, batch))
+  params, batch_stats, loss = _written_out_sgd_step(config.model, state, batch["image"], batch["label"], k)
+  _assert_trees_close(after.params, params)
+  _assert_trees_close(after.batch_stats, batch_stats)
+  np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-5)
+  assert int(after.step) == 1
+  # Not vacuous: the step moved the parameters (and the statistics).
+  assert not np.allclose(after.params["fc5"]["kernel"], state.params["fc5"]["kernel"])
+  if state.batch_stats:
+    assert not np.allclose(after.batch_stats["bn1"]["mean"], state.batch_stats["bn1"]["mean"])
+
+
+@pytest.mark.parametrize("grad_accum_steps", [1, 4])
+def test_cpu_step_runs_no_loop(grad_accum_steps):
+  """On CPU the compiled step holds no while loop (XLA runs convolutions in one an order slower)."""
+  config = _config("conv1d_bn", LARS, grad_accum_steps=grad_accum_steps)
+  parallel = steps.JitSteps(config, sync_batch_norm=True, devices=jax.devices()[:1])
+  batch = parallel.place_batch(_batch(np.random.default_rng(0), 1, 8))
+  hlo = parallel.train_step.lower(parallel.place_state(_lars_state()), batch).as_text()
+  assert "while" not in hlo and "convolution" in hlo
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_pmap_on_device_shards_equals_one_device_on_global_batch():
   """Synced BN + pmean'd gradients: 4 devices with different shards == 1 device with all of them."""
   rng = np.random.default_rng(0)
   batches = [_batch(rng, 4, 8) for _ in range(2)]
   state = _lars_state()
-  multi, multi_metrics = _run(_lars_parallel("pmap", True, 1, 4), state, batches)
-  single, single_metrics = _run(_lars_parallel("pmap", True, 1, 1), state, [_regroup(b, 1) for b in batches])
+  multi, multi_metrics = _run(_lars_steps("pmap", True, 1, 4), state, batches)
+  single, single_metrics = _run(_lars_steps("pmap", True, 1, 1), state, [_regroup(b, 1) for b in batches])
   _assert_trees_close(multi, single)
   _assert_trees_close(multi_metrics, single_metrics)
   # Not vacuous: the update moved the parameters and the statistics.
@@ -86,6 +147,7 @@ def test_pmap_on_device_shards_equals_one_device_on_global_batch():
   assert not np.allclose(multi.batch_stats["bn1"]["mean"], state.batch_stats["bn1"]["mean"])
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(
   ("sync_batch_norm", "grad_accum_steps"), [(True, 1), (False, 2)], ids=["synced", "unsynced-k2"]
@@ -95,8 +157,8 @@ def test_pmap_and_jit_agree(sync_batch_norm, grad_accum_steps):
   rng = np.random.default_rng(1)
   batches = [_batch(rng, 4, 4 * grad_accum_steps) for _ in range(2)]
   state = _lars_state()
-  pmapped, pmap_metrics = _run(_lars_parallel("pmap", sync_batch_norm, grad_accum_steps, 4), state, batches)
-  jit = _lars_parallel("jit", sync_batch_norm, grad_accum_steps, 4)
+  pmapped, pmap_metrics = _run(_lars_steps("pmap", sync_batch_norm, grad_accum_steps, 4), state, batches)
+  jit = _lars_steps("jit", sync_batch_norm, grad_accum_steps, 4)
   jitted, jit_metrics = _run(jit, state, batches)
   _assert_trees_close(pmapped, jitted)
   _assert_trees_close(pmap_metrics, jit_metrics)
@@ -117,6 +179,7 @@ def test_pmap_and_jit_agree(sync_batch_norm, grad_accum_steps):
   )
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_unsynced_batch_norm_differs_from_synced():
   """Per-device statistics are really per device: the running means differ from the synced ones."""
@@ -124,42 +187,14 @@ def test_unsynced_batch_norm_differs_from_synced():
   batch = _batch(rng, 4, 4)
   batch["image"][1] += 3.0  # Device 1's shard has another mean.
   state = _lars_state()
-  synced, _ = _run(_lars_parallel("jit", True, 1, 4), state, [batch])
-  unsynced, _ = _run(_lars_parallel("jit", False, 1, 4), state, [batch])
+  synced, _ = _run(_lars_steps("jit", True, 1, 4), state, [batch])
+  unsynced, _ = _run(_lars_steps("jit", False, 1, 4), state, [batch])
   # The first BN sees conv1 outputs; its running mean is m·0 + (1 - m)·(batch mean), so the averaged
   # per-device means equal the global mean, but the normalised activations (and parameters) differ.
   np.testing.assert_allclose(
     unsynced.batch_stats["bn1"]["mean"], synced.batch_stats["bn1"]["mean"], rtol=1e-4, atol=1e-6
   )
   assert not np.allclose(unsynced.batch_stats["bn1"]["var"], synced.batch_stats["bn1"]["var"])
-
-
-@pytest.mark.timeout(300)
-def test_gradient_accumulation_equals_one_big_step_and_plain_sgd():
-  """k micro-batches == one step on the k-times batch == w - γ ∇L(w) computed from the model."""
-  learning_rate, k = 0.1, 4
-  config = _config("conv1d", optax.sgd(learning_rate))
-  rng = np.random.default_rng(3)
-  batch = _batch(rng, 1, 16)
-  state = _init(config)
-  devices = jax.devices()[:1]
-  accumulated, acc_metrics = _run(
-    steps.Jit(dataclasses.replace(config, grad_accum_steps=k), sync_batch_norm=True, devices=devices),
-    state,
-    [batch],
-  )
-  single, single_metrics = _run(steps.Jit(config, sync_batch_norm=True, devices=devices), state, [batch])
-
-  def loss(params):
-    logits = config.model.apply({"params": params}, batch["image"][0], train=False)
-    labels = jax.nn.one_hot(batch["label"][0], NUM_CLASSES)
-    return -jnp.mean(jnp.sum(labels * jax.nn.log_softmax(logits), axis=-1))
-
-  expected = jax.tree.map(lambda w, g: w - learning_rate * g, state.params, jax.grad(loss)(state.params))
-  _assert_trees_close(accumulated.params, single.params)
-  _assert_trees_close(single.params, expected)
-  np.testing.assert_allclose(acc_metrics[0]["loss"], single_metrics[0]["loss"], rtol=1e-5)
-  np.testing.assert_allclose(single_metrics[0]["loss"], loss(state.params), rtol=1e-5)
 
 
 def test_cross_entropy_with_label_smoothing_matches_closed_form():

@@ -22,8 +22,9 @@ from training import (
   run_config,
 )
 from training import steps as steps_lib
+from training.errors import TrainingError
 
-Parallelism = steps_lib.Pmap | steps_lib.Jit
+Parallelism = steps_lib.PmapSteps | steps_lib.JitSteps
 
 
 def _diagnostics(state: steps_lib.TrainState) -> dict[str, float]:
@@ -55,22 +56,56 @@ def evaluate(
   }
 
 
-class _Window:
-  """Per-step training metrics since the last log, averaged when logged."""
+class _TrainMetrics:
+  """The steps' metrics since the last log: the non-finite guard and the logged means.
 
-  def __init__(self, step: int, batch_size: int):
-    self._batch_size = batch_size
-    self._start_step, self._start_time, self._history = step, time.perf_counter(), []
+  `add` keeps a step's metrics on the device (nothing waits for the step); `check`, called before
+  anything is logged, evaluated or saved, fetches them and stops the run on non-finite steps: without
+  skipping, the first one; with skipping, more than ``max_consecutive`` in a row. Every process holds
+  the same (replicated) flags, so every process stops at the same check.
+  """
 
-  def add(self, metrics: dict) -> None:
-    self._history.append(metrics)  # Device arrays: nothing waits for the step here.
+  def __init__(self, step: int, batch_size: int, *, skip: bool, max_consecutive: int):
+    self._batch_size, self._skip, self._max_consecutive = batch_size, skip, max_consecutive
+    self._pending: list[tuple[int, steps_lib.Metrics]] = []  # (step, device metrics), not yet checked.
+    self._history: list[dict] = []  # Checked host metrics since the last flush.
+    self._consecutive = 0
+    self._start_step, self._start_time = step, time.perf_counter()
+
+  def add(self, step: int, metrics: steps_lib.Metrics) -> None:
+    """Records the metrics of the step that completed ``step`` optimizer steps."""
+    self._pending.append((step, metrics))
+
+  def check(self) -> None:
+    """Raises `TrainingError` if the steps since the last check went wrong (see the class docstring)."""
+    pending, self._pending = jax.device_get(self._pending), []
+    for step, metrics in pending:
+      self._history.append(metrics)
+      if metrics["finite"]:
+        self._consecutive = 0
+        continue
+      if not self._skip:
+        raise TrainingError(
+          f"Training diverged at step {step}: the loss ({float(metrics['loss'])}) or the new parameters "
+          "or optimizer state are not finite. Stopped without saving it (the checkpoints on disk are "
+          "finite). Lower the learning rate, or skip such steps with --config.skip_nonfinite_steps=true."
+        )
+      self._consecutive += 1
+      if self._consecutive > self._max_consecutive:
+        raise TrainingError(
+          f"{self._consecutive} consecutive non-finite steps were skipped (steps "
+          f"{step - self._consecutive + 1} to {step}), more than config.max_consecutive_skips="
+          f"{self._max_consecutive}: the run has diverged. Stopped without saving (the checkpoints on "
+          "disk are finite)."
+        )
 
   def flush(self, step: int, state: steps_lib.TrainState) -> dict[str, float]:
     """Means of loss, accuracy and gradient norm, the last LR, throughput; starts a new window."""
-    history = jax.device_get(self._history)
+    self.check()
+    history, self._history = self._history, []
     now = time.perf_counter()
     steps_per_sec = (step - self._start_step) / (now - self._start_time)
-    self._start_step, self._start_time, self._history = step, now, []
+    self._start_step, self._start_time = step, now
     applied = [m for m in history if m["finite"]]  # Skipped steps do not enter the means.
 
     def mean(key: str) -> float:
@@ -105,15 +140,12 @@ def _make_parallelism(config: ml_collections.ConfigDict, run: plan.TrainingPlan,
   return model, tx, parallel
 
 
-class _Loop:
+class _TrainingRun:
   """The steps of one run between its start (or resume) and its end (or preemption)."""
 
   def __init__(self, config, run, parallel, log, checkpointer):
     self.config, self.run, self.parallel = config, run, parallel
     self.log, self.checkpointer = log, checkpointer
-    self.guard = steps_lib.NonFiniteGuard(
-      skip=config.skip_nonfinite_steps, max_consecutive=config.max_consecutive_skips
-    )
     self._data_args = dict(
       image_size=config.image_size,
       dtype="bfloat16" if config.half_precision else "float32",
@@ -131,19 +163,18 @@ class _Loop:
     )
     return evaluate(self.parallel, state, batches, self.run.num_eval_steps, self.config.prefetch_batches)
 
-  def _record(self, done: int, state, window: _Window, progress: report.Progress) -> dict[str, float]:
+  def _record(self, done: int, state, metrics: _TrainMetrics, progress: report.Progress) -> dict[str, float]:
     """Everything due at step ``done``: training metrics, trust ratios, evaluation."""
     config, run, record = self.config, self.run, {}
     last = done == run.num_train_steps
     if done % config.log_every_steps == 0 or last:
-      self.guard.check()
-      record.update(window.flush(done, state))
+      record.update(metrics.flush(done, state))
       progress.log(done, record)
     if config.diagnostics_every_steps and done % config.diagnostics_every_steps == 0:
       record.update(_diagnostics(state))
     eval_due = run.eval_every_steps and done % run.eval_every_steps == 0
     if run.num_eval_steps and (eval_due or last):
-      self.guard.check()
+      metrics.check()
       record.update(self.evaluate(state))
       progress.write(report.eval_line(done, record))
     return record
@@ -163,7 +194,13 @@ class _Loop:
       self.parallel.place_batch,
       config.prefetch_batches,
     )
-    window, latest = _Window(start_step, config.batch_size), {"preempted": False}
+    metrics = _TrainMetrics(
+      start_step,
+      config.batch_size,
+      skip=config.skip_nonfinite_steps,
+      max_consecutive=config.max_consecutive_skips,
+    )
+    latest = {"preempted": False}
     progress = report.Progress(
       total=run.num_train_steps, initial=start_step, progress_bar=config.progress_bar
     )
@@ -173,19 +210,18 @@ class _Loop:
         if preempt.should_stop(step):  # Also before the first step: a signal during start-up.
           latest["preempted"] = True
           break
-        state, metrics = self.parallel.train_step(state, next(batches))
-        window.add(metrics)
+        state, step_metrics = self.parallel.train_step(state, next(batches))
         done = step + 1
-        self.guard.add(done, metrics)
+        metrics.add(done, step_metrics)
         progress.step()
-        record = self._record(done, state, window, progress)
+        record = self._record(done, state, metrics, progress)
         if record:
           self.log.write(done, record)
           latest.update(record)
         if self.checkpointer.is_due(done):
-          self.guard.check()  # Nothing non-finite is saved.
+          metrics.check()  # Nothing non-finite is saved.
         self.checkpointer.save(done, state)
-    self.guard.check()  # Before the final save.
+    metrics.check()  # Before the final save.
     return state, latest
 
 
@@ -242,7 +278,7 @@ def train_and_evaluate(
   if start_step:
     report.print0(f"resuming from the checkpoint at step {start_step}")
   log = metrics_log.MetricsLog(workdir, start_step=start_step)
-  loop = _Loop(config, run, parallel, log, checkpointer)
+  loop = _TrainingRun(config, run, parallel, log, checkpointer)
 
   try:
     state, latest = loop.train(parallel.place_state(host_state), start_step)

@@ -1,31 +1,27 @@
-"""The training and evaluation steps, compiled with `jax.pmap` or with `jax.jit` and `NamedSharding`.
+"""The training and evaluation steps, compiled with `jax.jit` (batch sharded over a mesh) or `jax.pmap`.
 
 One step is data-parallel SGD with a LARS-style optimizer:
 
     g = (1/k) Σ_i ∇ L(w; micro-batch i)      averaged over the k accumulated micro-batches and all devices
     w, opt_state ← tx.update(g, opt_state, w)  weight decay inside ``tx`` (never in the loss L)
 
-The training state is a replicated global array under both compilers (``NamedSharding(mesh, P())``), so
+With k = 1 the step is the model's forward and backward pass and the update, with no loop around them.
+With k > 1 the micro-batches run in `lax.scan`, fully unrolled on CPU, where XLA runs convolutions inside
+a loop body an order of magnitude slower (jax#12868). Micro-batch i is rows ``[i·m, (i+1)·m)`` of every
+device's part of the batch under both compilers, and the batch-norm statistics are per micro-batch
+("ghost" batches, the paper's Caffe ``iter_size``): the running averages are updated k times per step.
+
+The state is a replicated global array under both compilers (``NamedSharding(mesh, P())``), so
 checkpoints and logs do not depend on which one ran. Under `jax.pmap` it enters and leaves with
 ``in_axes=None, out_axes=None``; everything returned that way is `lax.pmean`-ed first, because an
-output that differed per device would silently be device 0's.
+output that differed per device would silently be device 0's. Batch norm (``sync_batch_norm``):
 
-Batch-norm semantics (``sync_batch_norm``):
-
-- pmap, synced: the model's ``BatchNorm(axis_name="batch")`` averages the statistics over devices, so
-  each micro-batch is normalised with the statistics of the global micro-batch.
-- pmap, unsynced: every device normalises with its own statistics; the running averages are then
-  `lax.pmean`-ed over devices.
-- jit, synced: a batch-sharded array is one global array, so plain ``BatchNorm`` (no axis name) already
-  computes global statistics; XLA inserts the all-reduce.
-- jit, unsynced: the same per-device statistics as pmap are obtained explicitly, by reshaping the
-  micro-batch to (devices, per-device batch) and `jax.vmap`-ping the model over the groups; the running
-  averages are then averaged over the groups.
-- Gradient accumulation (k > 1): statistics are per micro-batch ("ghost" batches, as in the paper's
-  Caffe runs with ``iter_size``), and the running averages are updated k times per optimizer step.
-
-Micro-batch i of a step is rows ``[i·m, (i+1)·m)`` of every device's part of the global batch, under
-both compilers, so that pmap and jit see the same micro-batches.
+- synced: under pmap the model's ``BatchNorm(axis_name="batch")`` averages the statistics over devices;
+  under jit a batch-sharded array is one global array, so plain ``BatchNorm`` already computes global
+  statistics (XLA inserts the all-reduce).
+- unsynced: each device normalises with its own statistics; under jit the micro-batch is reshaped to
+  (devices, per-device batch) and the model `jax.vmap`-ped over the groups. The running averages are
+  then averaged over devices.
 """
 
 import dataclasses
@@ -43,8 +39,6 @@ from flax import linen as nn
 from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
-
-from training.errors import TrainingError
 
 Batch = Mapping[str, Any]
 Metrics = dict[str, jax.Array]
@@ -68,7 +62,7 @@ class StepConfig:
   """The static parts of a step.
 
   Attributes:
-    model: the Flax module (``axis_name`` is set per compiler, see `Pmap`).
+    model: the Flax module (``axis_name`` is set per compiler).
     tx: the optimizer; ``tx.update`` gets the parameters (LARS needs them).
     learning_rate_fn: the optimizer's schedule, evaluated at its update count for logging.
     num_classes: the number of labels.
@@ -76,7 +70,7 @@ class StepConfig:
     grad_accum_steps: k, the number of micro-batches accumulated per step.
     skip_nonfinite: leave the state unchanged (and count the step) when the loss, a gradient or the new
       parameters, optimizer state or batch statistics are not finite; otherwise such a step is applied
-      and reported (``metrics["finite"]``), and `NonFiniteGuard` stops the run.
+      and reported (``metrics["finite"]``) and the training loop stops the run.
     seed: dropout keys are ``fold_in(fold_in(key(seed), 1), step)``, then per device and micro-batch.
   """
 
@@ -97,8 +91,7 @@ def create_train_state(
 
   @jax.jit
   def init() -> TrainState:
-    dummy = jnp.zeros((1, *input_shape), jnp.float32)
-    variables = model.init(jax.random.key(seed), dummy, train=False)
+    variables = model.init(jax.random.key(seed), jnp.zeros((1, *input_shape), jnp.float32), train=False)
     params = variables["params"]
     return TrainState(
       step=jnp.zeros((), jnp.int32),
@@ -125,28 +118,56 @@ def _split_microbatches(x: jax.Array, num_micro: int, num_shards: int) -> jax.Ar
   return jnp.swapaxes(shards, 0, 1).reshape(num_micro, -1, *x.shape[1:])
 
 
-def _apply_train(
-  model: nn.Module,
-  params: Any,
-  batch_stats: Any,
-  images: jax.Array,
-  rng: jax.Array,
-  bn_groups: int,
-) -> tuple[jax.Array, Any]:
-  """Training-mode forward pass; batch norm over ``bn_groups`` equal groups of the batch."""
+def _loss_fn(params, batch_stats, images, labels, rng, *, config: StepConfig, bn_groups: int):
+  """Training-mode loss; batch norm over ``bn_groups`` equal groups of the batch."""
 
   def apply(images: jax.Array, rng: jax.Array) -> tuple[jax.Array, Any]:
     variables = {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
-    logits, updates = model.apply(
+    logits, updates = config.model.apply(
       variables, images, train=True, mutable=["batch_stats"], rngs={"dropout": rng}
     )
     return logits, updates.get("batch_stats", {})
 
   if bn_groups == 1:
-    return apply(images, rng)
-  groups = images.reshape(bn_groups, -1, *images.shape[1:])
-  logits, stats = jax.vmap(apply)(groups, jax.random.split(rng, bn_groups))
-  return logits.reshape(-1, logits.shape[-1]), jax.tree.map(lambda s: s.mean(axis=0), stats)
+    logits, batch_stats = apply(images, rng)
+  else:
+    groups = images.reshape(bn_groups, -1, *images.shape[1:])
+    logits, stats = jax.vmap(apply)(groups, jax.random.split(rng, bn_groups))
+    logits, batch_stats = logits.reshape(-1, logits.shape[-1]), jax.tree.map(lambda s: s.mean(0), stats)
+  loss = cross_entropy(logits, labels, config.num_classes, config.label_smoothing).mean()
+  return loss, (batch_stats, jnp.mean(jnp.argmax(logits, axis=-1) == labels))
+
+
+def _accumulate(
+  state: TrainState,
+  batch: Batch,
+  rng: jax.Array,
+  config: StepConfig,
+  *,
+  num_shards: int,
+  bn_groups: int,
+  unroll: bool,
+) -> tuple[Any, Any, jax.Array, jax.Array]:
+  """Gradient, loss and accuracy averaged over the k micro-batches; the new batch statistics."""
+  k = config.grad_accum_steps
+  grad_fn = jax.value_and_grad(functools.partial(_loss_fn, config=config, bn_groups=bn_groups), has_aux=True)
+
+  def micro_step(carry, inputs):
+    sums, batch_stats = carry
+    images, labels, index = inputs
+    (loss, (batch_stats, accuracy)), grads = grad_fn(
+      state.params, batch_stats, images, labels, jax.random.fold_in(rng, index)
+    )
+    return (jax.tree.map(jnp.add, sums, (grads, loss, accuracy)), batch_stats), None
+
+  carry = ((jax.tree.map(jnp.zeros_like, state.params), jnp.zeros(()), jnp.zeros(())), state.batch_stats)
+  if k == 1:
+    (sums, batch_stats), _ = micro_step(carry, (batch["image"], batch["label"], 0))
+  else:
+    micro = [_split_microbatches(batch[key], k, num_shards) for key in ("image", "label")]
+    (sums, batch_stats), _ = lax.scan(micro_step, carry, (*micro, jnp.arange(k)), unroll=unroll)
+  grads, loss, accuracy = jax.tree.map(lambda x: x / k, sums)
+  return grads, batch_stats, loss, accuracy
 
 
 def _all_finite(tree: Any) -> jax.Array:
@@ -161,6 +182,7 @@ def train_step(
   axis_name: str | None,
   num_shards: int,
   bn_groups: int,
+  unroll: bool,
 ) -> tuple[TrainState, Metrics]:
   """One optimizer step on ``batch`` (``image``, ``label``) of k·(micro-batch) examples.
 
@@ -172,40 +194,18 @@ def train_step(
     num_shards: how many device parts the batch is made of (1 under pmap, the device count under jit),
       which fixes the micro-batch layout.
     bn_groups: the number of groups with separate batch statistics in one micro-batch.
+    unroll: unroll the loop over k > 1 micro-batches (CPU) instead of a rolled `lax.scan`.
 
   Returns:
     The new state and the step's metrics (averaged over micro-batches and devices).
   """
-  k = config.grad_accum_steps
-  rng = jax.random.fold_in(jax.random.key(config.seed), _DROPOUT_STREAM)
-  rng = jax.random.fold_in(rng, state.step)
+  rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), _DROPOUT_STREAM), state.step)
   if axis_name is not None:
     rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
-  images = _split_microbatches(batch["image"], k, num_shards)
-  labels = _split_microbatches(batch["label"], k, num_shards)
-
-  def loss_fn(params, batch_stats, images, labels, rng):
-    logits, batch_stats = _apply_train(config.model, params, batch_stats, images, rng, bn_groups)
-    loss = cross_entropy(logits, labels, config.num_classes, config.label_smoothing).mean()
-    accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == labels)
-    return loss, (batch_stats, accuracy)
-
-  def micro_step(carry, inputs):
-    grads, batch_stats, loss, accuracy = carry
-    images, labels, index = inputs
-    (loss_i, (batch_stats, accuracy_i)), grads_i = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params, batch_stats, images, labels, jax.random.fold_in(rng, index)
-    )
-    grads = jax.tree.map(jnp.add, grads, grads_i)
-    return (grads, batch_stats, loss + loss_i, accuracy + accuracy_i), None
-
-  zeros = jax.tree.map(jnp.zeros_like, state.params)
-  carry = (zeros, state.batch_stats, jnp.zeros(()), jnp.zeros(()))
-  (grads, batch_stats, loss, accuracy), _ = lax.scan(micro_step, carry, (images, labels, jnp.arange(k)))
-  grads, loss, accuracy = jax.tree.map(lambda x: x / k, (grads, loss, accuracy))
+  averaged = _accumulate(state, batch, rng, config, num_shards=num_shards, bn_groups=bn_groups, unroll=unroll)
   if axis_name is not None:
-    grads, batch_stats, loss, accuracy = lax.pmean((grads, batch_stats, loss, accuracy), axis_name)
-
+    averaged = lax.pmean(averaged, axis_name)
+  grads, batch_stats, loss, accuracy = averaged
   updates, opt_state = config.tx.update(grads, state.opt_state, state.params)
   new_state = state.replace(
     step=state.step + 1,
@@ -228,47 +228,6 @@ def train_step(
   return new_state, metrics
 
 
-class NonFiniteGuard:
-  """Stops a run on non-finite steps, reading the steps' ``finite`` flags only when asked.
-
-  `add` keeps each step's flag on the device (nothing waits for the step); `check`, called before
-  anything is logged or saved, fetches them. Without skipping, the first non-finite step stops the
-  run; with skipping, more than ``max_consecutive`` skipped steps in a row do. Every process holds the
-  same (replicated) flags, so every process stops at the same check.
-  """
-
-  def __init__(self, *, skip: bool, max_consecutive: int):
-    self._skip, self._max_consecutive = skip, max_consecutive
-    self._pending: list[tuple[int, jax.Array, jax.Array]] = []
-    self._consecutive = 0
-
-  def add(self, step: int, metrics: Metrics) -> None:
-    """Records the flag of the step that completed ``step`` optimizer steps."""
-    self._pending.append((step, metrics["finite"], metrics["loss"]))
-
-  def check(self) -> None:
-    """Raises `TrainingError` if the steps since the last check went wrong (see the class docstring)."""
-    pending, self._pending = jax.device_get(self._pending), []
-    for step, finite, loss in pending:
-      if finite:
-        self._consecutive = 0
-        continue
-      if not self._skip:
-        raise TrainingError(
-          f"Training diverged at step {step}: the loss ({float(loss)}) or the new parameters or "
-          "optimizer state are not finite. Stopped without saving it (the checkpoints on disk are "
-          "finite). Lower the learning rate, or skip such steps with --config.skip_nonfinite_steps=true."
-        )
-      self._consecutive += 1
-      if self._consecutive > self._max_consecutive:
-        raise TrainingError(
-          f"{self._consecutive} consecutive non-finite steps were skipped (steps "
-          f"{step - self._consecutive + 1} to {step}), more than config.max_consecutive_skips="
-          f"{self._max_consecutive}: the run has diverged. Stopped without saving (the checkpoints on "
-          "disk are finite)."
-        )
-
-
 def eval_step(state: TrainState, batch: Batch, config: StepConfig, *, axis_name: str | None) -> Metrics:
   """Sums of loss, top-1 and top-5 hits and example count over the unmasked examples of ``batch``."""
   variables = {"params": state.params}
@@ -283,24 +242,22 @@ def eval_step(state: TrainState, batch: Batch, config: StepConfig, *, axis_name:
     "top5_accuracy": jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * mask),
     "count": jnp.sum(mask),
   }
-  if axis_name is not None:
-    sums = lax.psum(sums, axis_name)
-  return sums
+  return sums if axis_name is None else lax.psum(sums, axis_name)
 
 
-def _with_axis_name(model: nn.Module, axis_name: str | None) -> nn.Module:
-  """The model with batch norm over ``axis_name`` (unchanged for models without batch norm)."""
-  return model.clone(axis_name=axis_name) if hasattr(model, "axis_name") else model
-
-
-class _Parallelism:
-  """Places state and batches on a 1-D device mesh and holds the compiled steps."""
+class _CompiledSteps:
+  """A 1-D device mesh, the placement of state and batches on it, and the compiled steps."""
 
   axis: str
 
-  def __init__(self, devices: Sequence[jax.Device] | None = None):
+  def __init__(self, config: StepConfig, devices: Sequence[jax.Device] | None):
     self.mesh = Mesh(np.asarray(jax.devices() if devices is None else devices), (self.axis,))
     self.num_devices = self.mesh.size
+    self._batch_sharding = NamedSharding(self.mesh, P(self.axis))
+    # Without a batch-norm axis (jit); `PmapSteps` sets its own.
+    model = config.model.clone(axis_name=None) if hasattr(config.model, "axis_name") else config.model
+    self.config = dataclasses.replace(config, model=model)
+    self.unroll = self.mesh.devices.flat[0].platform == "cpu"
     self.train_step: Callable[[TrainState, Batch], tuple[TrainState, Metrics]]
     self.eval_step: Callable[[TrainState, Batch], Metrics]
 
@@ -308,65 +265,61 @@ class _Parallelism:
     """Replicates a (host) state on every device of the mesh."""
     return jax.device_put(state, NamedSharding(self.mesh, P()))
 
-  def _global_array(self, local: np.ndarray) -> jax.Array:
-    return jax.make_array_from_process_local_data(NamedSharding(self.mesh, P(self.axis)), local)
 
-
-class Pmap(_Parallelism):
-  """`jax.pmap` over the ``"batch"`` axis; batches are (devices, per-device batch, ...)."""
+class PmapSteps(_CompiledSteps):
+  """Steps compiled with `jax.pmap` over the ``"batch"`` axis; batches are (devices, per-device batch, ...)."""
 
   axis = "batch"
 
   def __init__(
     self, config: StepConfig, *, sync_batch_norm: bool, devices: Sequence[jax.Device] | None = None
   ):
-    super().__init__(devices)
-    model = _with_axis_name(config.model, self.axis if sync_batch_norm else None)
-    config = dataclasses.replace(config, model=model)
+    super().__init__(config, devices)
+    if sync_batch_norm and hasattr(config.model, "axis_name"):
+      self.config = dataclasses.replace(config, model=config.model.clone(axis_name=self.axis))
+    layout = dict(num_shards=1, bn_groups=1, unroll=self.unroll)
     pmap = functools.partial(jax.pmap, axis_name=self.axis, devices=self.mesh.devices.tolist())
     self.train_step = pmap(
-      functools.partial(train_step, config=config, axis_name=self.axis, num_shards=1, bn_groups=1),
+      functools.partial(train_step, config=self.config, axis_name=self.axis, **layout),
       in_axes=(None, 0),
       out_axes=None,
       donate_argnums=(0,),
     )
     self.eval_step = pmap(
-      functools.partial(eval_step, config=config, axis_name=self.axis), in_axes=(None, 0), out_axes=None
+      functools.partial(eval_step, config=self.config, axis_name=self.axis), in_axes=(None, 0), out_axes=None
     )
 
   def place_batch(self, batch: Batch) -> Batch:
     """Process-local (local devices, b, ...) arrays → global (devices, b, ...) arrays."""
-    return {key: self._global_array(value) for key, value in batch.items()}
+    return {k: jax.make_array_from_process_local_data(self._batch_sharding, v) for k, v in batch.items()}
 
 
-class Jit(_Parallelism):
-  """`jax.jit` with the batch sharded over a 1-D ``"data"`` mesh and the state replicated."""
+class JitSteps(_CompiledSteps):
+  """Steps compiled with `jax.jit`, the batch sharded over a 1-D ``"data"`` mesh, the state replicated."""
 
   axis = "data"
 
   def __init__(
     self, config: StepConfig, *, sync_batch_norm: bool, devices: Sequence[jax.Device] | None = None
   ):
-    super().__init__(devices)
-    config = dataclasses.replace(config, model=_with_axis_name(config.model, None))
+    super().__init__(config, devices)
+    layout = dict(num_shards=self.num_devices, bn_groups=1 if sync_batch_norm else self.num_devices)
     replicated = NamedSharding(self.mesh, P())
-    bn_groups = 1 if sync_batch_norm else self.num_devices
     self.train_step = jax.jit(
-      functools.partial(
-        train_step, config=config, axis_name=None, num_shards=self.num_devices, bn_groups=bn_groups
-      ),
+      functools.partial(train_step, config=self.config, axis_name=None, unroll=self.unroll, **layout),
       out_shardings=replicated,
       donate_argnums=(0,),
     )
     self.eval_step = jax.jit(
-      functools.partial(eval_step, config=config, axis_name=None), out_shardings=replicated
+      functools.partial(eval_step, config=self.config, axis_name=None), out_shardings=replicated
     )
 
   def place_batch(self, batch: Batch) -> Batch:
     """Process-local (local devices, b, ...) arrays → global (devices · b, ...) arrays."""
     return {
-      key: self._global_array(np.reshape(value, (-1, *np.shape(value)[2:]))) for key, value in batch.items()
+      k: jax.make_array_from_process_local_data(self._batch_sharding, np.reshape(v, (-1, *np.shape(v)[2:])))
+      for k, v in batch.items()
     }
 
 
-PARALLELISM: Mapping[str, type[_Parallelism]] = MappingProxyType({"pmap": Pmap, "jit": Jit})
+PARALLELISM: Mapping[str, type[_CompiledSteps]] = MappingProxyType({"pmap": PmapSteps, "jit": JitSteps})

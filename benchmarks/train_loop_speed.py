@@ -1,0 +1,226 @@
+"""train.py's training loop against a bare jitted step of the same model, batch, optimizer and data.
+
+For each case (a few config overrides of configs/default.py), every round runs, in a fresh random order:
+
+- ``loop``: `training.loop.train_and_evaluate` (train.py's code path, with the default cadence of
+  logging, evaluation, diagnostics and checkpoints) for S and for S + N steps, each in a fresh workdir.
+  The difference of the two wall times, divided by N, is the loop's cost per step: start-up and
+  compilation are the same in both runs and cancel.
+- ``bare``: N steps of a minimal `jax.jit` step (forward and backward pass, batch-norm statistics, the
+  same Optax optimizer from `training.optimizers`, donated buffers) on batches of the same data set,
+  already on the device.
+
+It prints, per case, the medians over rounds and the ratio loop / bare of steps per second (goal: at
+least 0.9). With gradient accumulation (k micro-batches) the loop's cost per micro-batch is compared
+with a bare step of the micro-batch size (goal: at most 1.1 times its cost). The ``tfds`` case writes a
+small data set of fixed-size 28x28 grey images with TFDS into a temporary directory (nothing is
+downloaded) and serves it at 16x16.
+
+Run from the repository root (cases: default, pmap, jit, accum4, tfds):
+
+  python -m benchmarks.train_loop_speed --rounds 5
+  python -m benchmarks.train_loop_speed --cases default tfds --rounds 3
+"""
+
+import argparse
+import contextlib
+import functools
+import io
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+  sys.path.insert(0, str(REPO_ROOT))
+
+import input_pipeline  # noqa: E402
+import models  # noqa: E402
+from configs import default  # noqa: E402
+from training import loop, optimizers  # noqa: E402
+
+TFDS_NAME = "speed_grey28"
+CASES = {
+  "default": {},
+  "pmap": {"parallelism": "pmap"},
+  "jit": {"parallelism": "jit"},
+  "accum4": {"grad_accum_steps": 4},
+  "tfds": {"dataset": TFDS_NAME, "image_size": 16},
+}
+
+
+def write_grey28(data_dir: str, num_train: int = 2048, num_test: int = 512) -> None:
+  """Writes a 10-class data set of 28x28x1 uint8 images (a class-dependent mean plus noise) with TFDS."""
+  import tensorflow_datasets as tfds  # Only this case needs TensorFlow.
+
+  class SpeedGrey28(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      features = {
+        "image": tfds.features.Image(shape=(28, 28, 1)),
+        "label": tfds.features.ClassLabel(num_classes=10),
+      }
+      return tfds.core.DatasetInfo(
+        builder=self, features=tfds.features.FeaturesDict(features), supervised_keys=("image", "label")
+      )
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples(num_train, 0), "test": self._generate_examples(num_test, 1)}
+
+    def _generate_examples(self, count, seed):
+      rng = np.random.default_rng(seed)
+      for index in range(count):
+        label = int(rng.integers(10))
+        pixels = np.clip(rng.normal(20 * label + 30, 40, (28, 28, 1)), 0, 255).astype(np.uint8)
+        yield index, {"image": pixels, "label": label}
+
+  tfds.disable_progress_bar()
+  SpeedGrey28(data_dir=data_dir).download_and_prepare()
+
+
+def _clocks() -> np.ndarray:
+  return np.asarray([time.perf_counter(), time.process_time()])
+
+
+def train_seconds(config, num_steps: int) -> np.ndarray:
+  """Wall and CPU time of `train_and_evaluate` for ``num_steps`` steps in a fresh workdir (quietly)."""
+  config = config.copy_and_resolve_references()
+  config.num_train_steps = num_steps
+  with tempfile.TemporaryDirectory() as workdir, contextlib.redirect_stdout(io.StringIO()):
+    start = _clocks()
+    loop.train_and_evaluate(config, workdir)
+    return _clocks() - start
+
+
+def bare_step(config, batch_size: int, num_steps: int):
+  """A function running ``num_steps`` minimal jitted steps of ``config``'s model and optimizer; compiled."""
+  info = input_pipeline.get_dataset_info(
+    config.dataset, data_dir=config.data_dir, image_size=config.image_size
+  )
+  model = models.get_model(config.model, num_classes=info.num_classes)
+  schedule = optimizers.create_learning_rate_schedule(config, total_steps=1000, warmup_steps=100)
+  tx = optimizers.create_optimizer(config, schedule)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, *info.image_shape)), train=False)
+  state = (variables["params"], variables.get("batch_stats", {}), tx.init(variables["params"]))
+  host = input_pipeline.train_iterator(
+    config.dataset,
+    global_batch_size=batch_size,
+    seed=0,
+    data_dir=config.data_dir,
+    image_size=config.image_size,
+  )
+  batches = [
+    jax.device_put({k: v.reshape(-1, *v.shape[2:]) for k, v in next(host).items()}) for _ in range(8)
+  ]
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def step(state, batch):
+    params, batch_stats, opt_state = state
+
+    def loss_fn(params):
+      logits, updates = model.apply(
+        {"params": params, "batch_stats": batch_stats},
+        batch["image"],
+        train=True,
+        mutable=["batch_stats"],
+        rngs={"dropout": jax.random.key(0)},
+      )
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+      return loss, updates.get("batch_stats", {})
+
+    grads, batch_stats = jax.grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), batch_stats, opt_state
+
+  def run(count: int = num_steps) -> np.ndarray:
+    nonlocal state
+    start = _clocks()
+    for index in range(count):
+      state = step(state, batches[index % len(batches)])
+    jax.block_until_ready(state)
+    return _clocks() - start
+
+  run(2)  # Compile.
+  return run
+
+
+def measure(name: str, config, args) -> dict[str, np.ndarray]:
+  """Median (wall, CPU) seconds per step of the loop and of the bare step over interleaved rounds."""
+  k = config.grad_accum_steps
+  timers = {
+    "short": lambda: train_seconds(config, args.short_steps),
+    "long": lambda: train_seconds(config, args.short_steps + args.steps),
+    "bare": bare_step(config, config.batch_size // k, args.steps),
+  }
+  timers["short"]()  # Warm-up: first-call costs (imports, caches) stay out of the rounds.
+  rng, times = random.Random(args.seed), {key: [] for key in timers}
+  for round_index in range(args.rounds):
+    order = list(timers)
+    rng.shuffle(order)
+    for key in order:
+      times[key].append(timers[key]())
+    wall = ", ".join(f"{key} {times[key][-1][0]:.2f}" for key in timers)
+    print(f"{name} round {round_index + 1}: wall s {wall}", file=sys.stderr, flush=True)
+  loop_step = (np.asarray(times["long"]) - np.asarray(times["short"])) / args.steps / k  # Per micro-batch.
+  bare = np.asarray(times["bare"]) / args.steps
+  return {
+    "loop": np.median(loop_step, axis=0),
+    "bare": np.median(bare, axis=0),
+    "ratio": np.median(bare / loop_step, axis=0),  # Of the per-round ratios.
+    "k": k,
+  }
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+  parser.add_argument("--rounds", type=int, default=5)
+  parser.add_argument("--steps", type=int, default=110, help="N: steps timed per round (10 epochs of digits)")
+  parser.add_argument("--short_steps", type=int, default=22, help="S: steps of the shorter run")
+  parser.add_argument("--seed", type=int, default=0)
+  args = parser.parse_args()
+
+  results = {}
+  with tempfile.TemporaryDirectory() as data_dir:
+    # Compiled programs are cached on disk, so rounds are shorter; the loop's cost per step is a difference
+    # of two runs that compile alike, so the cache changes nothing in it.
+    jax.config.update("jax_compilation_cache_dir", os.path.join(data_dir, "jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    for name in args.cases:
+      config = default.get_config()
+      config.update(CASES[name])
+      if name == "tfds":
+        write_grey28(data_dir)
+        config.data_dir = data_dir
+      results[name] = (config.parallelism, measure(name, config, args))
+
+  print(
+    f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs (load {os.getloadavg()[0]:.1f} at the end), "
+    f"{jax.device_count()} {jax.devices()[0].platform} device(s), jax {jax.__version__}; "
+    f"{args.rounds} interleaved rounds of {args.steps} steps; medians"
+  )
+  print("ms per step (wall / CPU time of the process); ratio: loop steps/s over bare steps/s")
+  print(
+    f"{'case':<9} {'parallelism':<12} {'loop ms':>13} {'bare ms':>13} {'ratio wall':>11} {'ratio CPU':>10}"
+  )
+  for name, (parallelism, result) in results.items():
+    loop_ms, bare_ms = (" / ".join(f"{1e3 * t:5.1f}" for t in result[key]) for key in ("loop", "bare"))
+    unit = f"  (per micro-batch, k={result['k']})" if result["k"] > 1 else ""
+    ratio_wall, ratio_cpu = result["ratio"]
+    print(
+      f"{name:<9} {parallelism:<12} {loop_ms:>13} {bare_ms:>13} {ratio_wall:>11.3f} {ratio_cpu:>10.3f}{unit}"
+    )
+
+
+if __name__ == "__main__":
+  main()

@@ -231,33 +231,39 @@ def test_peer_that_never_starts_is_reported_within_the_initialization_timeout(tm
 # Unit tests of the pieces.
 
 
+def _train_metrics(skip: bool, max_consecutive: int = 10) -> loop._TrainMetrics:
+  return loop._TrainMetrics(0, batch_size=32, skip=skip, max_consecutive=max_consecutive)
+
+
+def _step_metrics(finite, loss=1.0) -> dict:
+  return {"finite": finite, "loss": loss, "accuracy": 0.5, "grad_norm": 1.0, "lr": 0.1}
+
+
 def test_non_finite_guard_stops_at_the_first_bad_step_without_skipping():
-  guard = steps.NonFiniteGuard(skip=False, max_consecutive=10)
-  guard.add(1, {"finite": jnp.asarray(True), "loss": jnp.asarray(2.3)})
+  guard = _train_metrics(skip=False)
+  guard.add(1, _step_metrics(jnp.asarray(True), jnp.asarray(2.3)))
   guard.check()
-  guard.add(2, {"finite": jnp.asarray(True), "loss": jnp.asarray(2.0)})
-  guard.add(3, {"finite": jnp.asarray(False), "loss": jnp.asarray(np.nan)})
+  guard.add(2, _step_metrics(jnp.asarray(True), jnp.asarray(2.0)))
+  guard.add(3, _step_metrics(jnp.asarray(False), jnp.asarray(np.nan)))
   with pytest.raises(TrainingError, match="diverged at step 3: the loss \\(nan\\)"):
     guard.check()
 
 
 def test_non_finite_guard_allows_max_consecutive_skips_then_stops():
-  guard = steps.NonFiniteGuard(skip=True, max_consecutive=2)
+  guard = _train_metrics(skip=True, max_consecutive=2)
   pattern = [False, False, True, False, False]  # two skips, a good step, two skips: fine
   for step, finite in enumerate(pattern, start=1):
-    guard.add(step, {"finite": np.bool_(finite), "loss": np.float32(1.0)})
+    guard.add(step, _step_metrics(np.bool_(finite)))
   guard.check()
-  guard.add(6, {"finite": np.bool_(False), "loss": np.float32(np.nan)})
+  guard.add(6, _step_metrics(np.bool_(False), np.float32(np.nan)))
   with pytest.raises(TrainingError, match="3 consecutive non-finite steps were skipped \\(steps 4 to 6\\)"):
     guard.check()
 
 
 def test_window_means_ignore_skipped_steps():
-  window = loop._Window(0, batch_size=32)
-  for loss, finite in ((1.0, True), (np.nan, False), (3.0, True)):
-    window.add(
-      {"loss": loss, "accuracy": 0.5, "grad_norm": 1.0 if finite else np.inf, "lr": 0.1, "finite": finite}
-    )
+  window = _train_metrics(skip=True)
+  for step, (loss, finite) in enumerate(((1.0, True), (np.nan, False), (3.0, True)), start=1):
+    window.add(step, {**_step_metrics(finite, loss), "grad_norm": 1.0 if finite else np.inf})
   state = steps.TrainState(
     step=jnp.asarray(3), params={}, batch_stats={}, opt_state=(), skipped_steps=jnp.asarray(1)
   )
@@ -274,7 +280,7 @@ def test_finite_gradients_with_an_overflowing_update_are_flagged_and_skipped(ski
   config = steps.StepConfig(
     model=model, tx=optax.sgd(3e38), learning_rate_fn=lambda count: 3e38, num_classes=10, skip_nonfinite=skip
   )
-  parallel = steps.Jit(config, sync_batch_norm=True, devices=jax.devices()[:1])
+  parallel = steps.JitSteps(config, sync_batch_norm=True, devices=jax.devices()[:1])
   state = jax.device_get(steps.create_train_state(model, config.tx, seed=0, input_shape=(40, 1)))
   rng = np.random.default_rng(0)
   batch = {

@@ -77,7 +77,7 @@ def build_train_step(
   config = steps.StepConfig(
     model=model, tx=tx, learning_rate_fn=schedule, num_classes=1000, grad_accum_steps=accum_steps
   )
-  parallel = steps.Jit(config, sync_batch_norm=True, devices=[device])
+  parallel = steps.JitSteps(config, sync_batch_norm=True, devices=[device])
   state = steps.create_train_state(model, tx, seed=args.seed, input_shape=(args.image_size,) * 2 + (3,))
   state = parallel.place_state(state)
   batch = synthetic_batch(device, batch_size * accum_steps, args.image_size, dtype, args.seed)

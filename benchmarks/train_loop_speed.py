@@ -205,7 +205,8 @@ def main() -> None:
       results[name] = (config.parallelism, measure(name, config, args))
 
   print(
-    f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs (load {os.getloadavg()[0]:.1f} at the end), "
+    f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs "
+    f"(load {os.getloadavg()[0]:.1f} at the end), "
     f"{jax.device_count()} {jax.devices()[0].platform} device(s), jax {jax.__version__}; "
     f"{args.rounds} interleaved rounds of {args.steps} steps; medians"
   )

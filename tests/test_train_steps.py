@@ -104,11 +104,8 @@ def test_step_equals_the_accumulation_written_out(model_name, grad_accum_steps, 
   state = _init(config)
   rng = np.random.default_rng(3)
   batch = {"image": rng.standard_normal((24, *SHAPE)).astype(np.float32), "label": rng.integers(0, 10, 24)}
-  step = jax.jit(
-    functools.partial(
-      steps.train_step, config=config, axis_name=None, num_shards=1, bn_groups=1, unroll=unroll
-    )
-  )
+  layout = steps.StepLayout(axis_name=None, num_shards=1, bn_groups=1, unroll=unroll)
+  step = jax.jit(functools.partial(steps.train_step, config=config, layout=layout))
   after, metrics = jax.device_get(step(state, batch))
   params, batch_stats, loss = _written_out_sgd_step(config.model, state, batch["image"], batch["label"], k)
   _assert_trees_close(after.params, params)

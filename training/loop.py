@@ -3,7 +3,6 @@
 import itertools
 import os
 import time
-from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -36,26 +35,6 @@ def _diagnostics(state: steps_lib.TrainState) -> dict[str, float]:
   return {key: float(value) for key, value in jax.device_get(flat).items()}
 
 
-def evaluate(
-  parallel: Parallelism, state: steps_lib.TrainState, batches: Iterator, num_steps: int, prefetch: int = 2
-) -> dict[str, float]:
-  """Top-1, top-5 and loss over ``num_steps`` padded batches, counting only unmasked examples."""
-  totals = None
-  placed = input_pipeline.prefetch_batches(
-    itertools.islice(batches, num_steps), parallel.place_batch, prefetch
-  )
-  for batch in placed:
-    sums = parallel.eval_step(state, batch)
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  totals = jax.device_get(totals)
-  count = float(totals["count"])
-  return {
-    "eval/accuracy": float(totals["accuracy"]) / count,
-    "eval/top5_accuracy": float(totals["top5_accuracy"]) / count,
-    "eval/loss": float(totals["loss"]) / count,
-  }
-
-
 class _TrainMetrics:
   """The steps' metrics since the last log: the non-finite guard and the logged means.
 
@@ -84,13 +63,13 @@ class _TrainMetrics:
       if metrics["finite"]:
         self._consecutive = 0
         continue
+      self._consecutive += 1
       if not self._skip:
         raise TrainingError(
           f"Training diverged at step {step}: the loss ({float(metrics['loss'])}) or the new parameters "
           "or optimizer state are not finite. Stopped without saving it (the checkpoints on disk are "
           "finite). Lower the learning rate, or skip such steps with --config.skip_nonfinite_steps=true."
         )
-      self._consecutive += 1
       if self._consecutive > self._max_consecutive:
         raise TrainingError(
           f"{self._consecutive} consecutive non-finite steps were skipped (steps "
@@ -155,13 +134,23 @@ class _TrainingRun:
     )
 
   def evaluate(self, state: steps_lib.TrainState) -> dict[str, float]:
+    """Top-1, top-5 and loss over the evaluation batches, counting only unmasked examples."""
     batches = input_pipeline.eval_iterator(
       self.config.dataset,
       global_batch_size=self.run.eval_batch_size,
       crop_padding=self.config.crop_padding,
       **self._data_args,
     )
-    return evaluate(self.parallel, state, batches, self.run.num_eval_steps, self.config.prefetch_batches)
+    batches = itertools.islice(batches, self.run.num_eval_steps)
+    totals = None
+    for batch in input_pipeline.prefetch_batches(
+      batches, self.parallel.place_batch, self.config.prefetch_batches
+    ):
+      sums = self.parallel.eval_step(state, batch)
+      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = jax.device_get(totals)
+    count = float(totals.pop("count"))
+    return {f"eval/{key}": float(value) / count for key, value in totals.items()}
 
   def _record(self, done: int, state, metrics: _TrainMetrics, progress: report.Progress) -> dict[str, float]:
     """Everything due at step ``done``: training metrics, trust ratios, evaluation."""

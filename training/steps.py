@@ -1,34 +1,25 @@
 """The training and evaluation steps, compiled with `jax.jit` (batch sharded over a mesh) or `jax.pmap`.
 
-One step is data-parallel SGD with a LARS-style optimizer:
+One step: g = (1/k) Σ_i ∇L(w; micro-batch i) over the k micro-batches and all devices, then
+w, opt_state ← tx.update(g, opt_state, w) (weight decay inside ``tx``, never in the loss L). With k = 1
+there is no loop; with k > 1 the micro-batches run in `lax.scan`, fully unrolled on CPU (XLA runs
+convolutions inside a loop body an order of magnitude slower there, jax#12868). Micro-batch i is rows
+``[i·m, (i+1)·m)`` of every device's part of the batch under both compilers; batch-norm statistics are
+per micro-batch (the paper's Caffe ``iter_size``), the running averages updated k times per step.
 
-    g = (1/k) Σ_i ∇ L(w; micro-batch i)      averaged over the k accumulated micro-batches and all devices
-    w, opt_state ← tx.update(g, opt_state, w)  weight decay inside ``tx`` (never in the loss L)
-
-With k = 1 the step is the model's forward and backward pass and the update, with no loop around them.
-With k > 1 the micro-batches run in `lax.scan`, fully unrolled on CPU, where XLA runs convolutions inside
-a loop body an order of magnitude slower (jax#12868). Micro-batch i is rows ``[i·m, (i+1)·m)`` of every
-device's part of the batch under both compilers, and the batch-norm statistics are per micro-batch
-("ghost" batches, the paper's Caffe ``iter_size``): the running averages are updated k times per step.
-
-The state is a replicated global array under both compilers (``NamedSharding(mesh, P())``), so
-checkpoints and logs do not depend on which one ran. Under `jax.pmap` it enters and leaves with
-``in_axes=None, out_axes=None``; everything returned that way is `lax.pmean`-ed first, because an
-output that differed per device would silently be device 0's. Batch norm (``sync_batch_norm``):
-
-- synced: under pmap the model's ``BatchNorm(axis_name="batch")`` averages the statistics over devices;
-  under jit a batch-sharded array is one global array, so plain ``BatchNorm`` already computes global
-  statistics (XLA inserts the all-reduce).
-- unsynced: each device normalises with its own statistics; under jit the micro-batch is reshaped to
-  (devices, per-device batch) and the model `jax.vmap`-ped over the groups. The running averages are
-  then averaged over devices.
+The state is replicated (``NamedSharding(mesh, P())``) under both compilers; under `jax.pmap` it enters
+and leaves with ``in_axes=None, out_axes=None``, so everything returned is `lax.pmean`-ed first (an
+output that differed per device would silently be device 0's). ``sync_batch_norm``: pmap averages the
+statistics over its axis (``BatchNorm(axis_name="batch")``); under jit a batch-sharded array is one global
+array, so plain ``BatchNorm`` is already global. Unsynced, each device normalises with its own statistics
+(under jit: the model `jax.vmap`-ped over per-device groups) and the running averages are averaged.
 """
 
 import dataclasses
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import jax
@@ -84,6 +75,15 @@ class StepConfig:
   seed: int = 0
 
 
+class StepLayout(NamedTuple):
+  """How a compiled step sees its batch."""
+
+  axis_name: str | None  # The pmap axis to average over; None under jit.
+  num_shards: int  # Device parts of the batch (1 under pmap), which fix the micro-batch layout.
+  bn_groups: int  # Groups of a micro-batch with separate batch statistics.
+  unroll: bool  # Unroll the loop over k > 1 micro-batches (CPU) instead of a rolled `lax.scan`.
+
+
 def create_train_state(
   model: nn.Module, tx: optax.GradientTransformation, *, seed: int, input_shape: Sequence[int]
 ) -> TrainState:
@@ -112,12 +112,6 @@ def cross_entropy(
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
-def _split_microbatches(x: jax.Array, num_micro: int, num_shards: int) -> jax.Array:
-  """(S·k·m, ...) → (k, S·m, ...): micro-batch i takes rows [i·m, (i+1)·m) of each of the S shards."""
-  shards = x.reshape(num_shards, num_micro, -1, *x.shape[1:])
-  return jnp.swapaxes(shards, 0, 1).reshape(num_micro, -1, *x.shape[1:])
-
-
 def _loss_fn(params, batch_stats, images, labels, rng, *, config: StepConfig, bn_groups: int):
   """Training-mode loss; batch norm over ``bn_groups`` equal groups of the batch."""
 
@@ -139,18 +133,12 @@ def _loss_fn(params, batch_stats, images, labels, rng, *, config: StepConfig, bn
 
 
 def _accumulate(
-  state: TrainState,
-  batch: Batch,
-  rng: jax.Array,
-  config: StepConfig,
-  *,
-  num_shards: int,
-  bn_groups: int,
-  unroll: bool,
+  state: TrainState, batch: Batch, rng: jax.Array, config: StepConfig, layout: StepLayout
 ) -> tuple[Any, Any, jax.Array, jax.Array]:
   """Gradient, loss and accuracy averaged over the k micro-batches; the new batch statistics."""
   k = config.grad_accum_steps
-  grad_fn = jax.value_and_grad(functools.partial(_loss_fn, config=config, bn_groups=bn_groups), has_aux=True)
+  loss_fn = functools.partial(_loss_fn, config=config, bn_groups=layout.bn_groups)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def micro_step(carry, inputs):
     sums, batch_stats = carry
@@ -164,8 +152,14 @@ def _accumulate(
   if k == 1:
     (sums, batch_stats), _ = micro_step(carry, (batch["image"], batch["label"], 0))
   else:
-    micro = [_split_microbatches(batch[key], k, num_shards) for key in ("image", "label")]
-    (sums, batch_stats), _ = lax.scan(micro_step, carry, (*micro, jnp.arange(k)), unroll=unroll)
+
+    def split(x):  # (S·k·m, ...) → (k, S·m, ...): micro-batch i is rows [i·m, (i+1)·m) of each shard.
+      return jnp.swapaxes(x.reshape(layout.num_shards, k, -1, *x.shape[1:]), 0, 1).reshape(
+        k, -1, *x.shape[1:]
+      )
+
+    micro = [split(batch["image"]), split(batch["label"])]
+    (sums, batch_stats), _ = lax.scan(micro_step, carry, (*micro, jnp.arange(k)), unroll=layout.unroll)
   grads, loss, accuracy = jax.tree.map(lambda x: x / k, sums)
   return grads, batch_stats, loss, accuracy
 
@@ -175,36 +169,18 @@ def _all_finite(tree: Any) -> jax.Array:
 
 
 def train_step(
-  state: TrainState,
-  batch: Batch,
-  config: StepConfig,
-  *,
-  axis_name: str | None,
-  num_shards: int,
-  bn_groups: int,
-  unroll: bool,
+  state: TrainState, batch: Batch, config: StepConfig, layout: StepLayout
 ) -> tuple[TrainState, Metrics]:
-  """One optimizer step on ``batch`` (``image``, ``label``) of k·(micro-batch) examples.
+  """One optimizer step on ``batch`` (``image``, ``label``): the new state and the averaged metrics.
 
-  Args:
-    state: the replicated training state.
-    batch: this device's part of the batch (pmap) or the global batch (jit).
-    config: the static step configuration.
-    axis_name: the pmap axis to average over, None under jit.
-    num_shards: how many device parts the batch is made of (1 under pmap, the device count under jit),
-      which fixes the micro-batch layout.
-    bn_groups: the number of groups with separate batch statistics in one micro-batch.
-    unroll: unroll the loop over k > 1 micro-batches (CPU) instead of a rolled `lax.scan`.
-
-  Returns:
-    The new state and the step's metrics (averaged over micro-batches and devices).
+  ``batch`` is this device's part (pmap) or the global batch (jit).
   """
   rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), _DROPOUT_STREAM), state.step)
-  if axis_name is not None:
-    rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
-  averaged = _accumulate(state, batch, rng, config, num_shards=num_shards, bn_groups=bn_groups, unroll=unroll)
-  if axis_name is not None:
-    averaged = lax.pmean(averaged, axis_name)
+  if layout.axis_name is not None:
+    rng = jax.random.fold_in(rng, lax.axis_index(layout.axis_name))
+  averaged = _accumulate(state, batch, rng, config, layout)
+  if layout.axis_name is not None:
+    averaged = lax.pmean(averaged, layout.axis_name)
   grads, batch_stats, loss, accuracy = averaged
   updates, opt_state = config.tx.update(grads, state.opt_state, state.params)
   new_state = state.replace(
@@ -267,7 +243,7 @@ class _CompiledSteps:
 
 
 class PmapSteps(_CompiledSteps):
-  """Steps compiled with `jax.pmap` over the ``"batch"`` axis; batches are (devices, per-device batch, ...)."""
+  """Steps compiled with `jax.pmap` over the ``"batch"`` axis; batches are (devices, per-device batch, …)."""
 
   axis = "batch"
 
@@ -277,10 +253,10 @@ class PmapSteps(_CompiledSteps):
     super().__init__(config, devices)
     if sync_batch_norm and hasattr(config.model, "axis_name"):
       self.config = dataclasses.replace(config, model=config.model.clone(axis_name=self.axis))
-    layout = dict(num_shards=1, bn_groups=1, unroll=self.unroll)
+    layout = StepLayout(self.axis, num_shards=1, bn_groups=1, unroll=self.unroll)
     pmap = functools.partial(jax.pmap, axis_name=self.axis, devices=self.mesh.devices.tolist())
     self.train_step = pmap(
-      functools.partial(train_step, config=self.config, axis_name=self.axis, **layout),
+      functools.partial(train_step, config=self.config, layout=layout),
       in_axes=(None, 0),
       out_axes=None,
       donate_argnums=(0,),
@@ -303,10 +279,11 @@ class JitSteps(_CompiledSteps):
     self, config: StepConfig, *, sync_batch_norm: bool, devices: Sequence[jax.Device] | None = None
   ):
     super().__init__(config, devices)
-    layout = dict(num_shards=self.num_devices, bn_groups=1 if sync_batch_norm else self.num_devices)
+    bn_groups = 1 if sync_batch_norm else self.num_devices
+    layout = StepLayout(None, num_shards=self.num_devices, bn_groups=bn_groups, unroll=self.unroll)
     replicated = NamedSharding(self.mesh, P())
     self.train_step = jax.jit(
-      functools.partial(train_step, config=self.config, axis_name=None, unroll=self.unroll, **layout),
+      functools.partial(train_step, config=self.config, layout=layout),
       out_shardings=replicated,
       donate_argnums=(0,),
     )

@@ -50,29 +50,18 @@ class TrainState:
 
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
-  """The static parts of a step.
+  """The static parts of a step."""
 
-  Attributes:
-    model: the Flax module (``axis_name`` is set per compiler).
-    tx: the optimizer; ``tx.update`` gets the parameters (LARS needs them).
-    learning_rate_fn: the optimizer's schedule, evaluated at its update count for logging.
-    num_classes: the number of labels.
-    label_smoothing: α of the smoothed one-hot targets of the training loss.
-    grad_accum_steps: k, the number of micro-batches accumulated per step.
-    skip_nonfinite: leave the state unchanged (and count the step) when the loss, a gradient or the new
-      parameters, optimizer state or batch statistics are not finite; otherwise such a step is applied
-      and reported (``metrics["finite"]``) and the training loop stops the run.
-    seed: dropout keys are ``fold_in(fold_in(key(seed), 1), step)``, then per device and micro-batch.
-  """
-
-  model: nn.Module
-  tx: optax.GradientTransformation
-  learning_rate_fn: optax.Schedule
+  model: nn.Module  # The Flax module (its batch-norm ``axis_name`` is set per compiler).
+  tx: optax.GradientTransformation  # The optimizer; ``tx.update`` gets the parameters (LARS needs them).
+  learning_rate_fn: optax.Schedule  # The optimizer's schedule, evaluated at its update count for logging.
   num_classes: int
-  label_smoothing: float = 0.0
-  grad_accum_steps: int = 1
+  label_smoothing: float = 0.0  # α of the smoothed one-hot targets of the training loss.
+  grad_accum_steps: int = 1  # k, the micro-batches accumulated per step.
+  # Leave the state unchanged (and count the step) when the loss, a gradient or the new parameters,
+  # optimizer state or batch statistics are not finite; else apply such a step, flagged (metrics["finite"]).
   skip_nonfinite: bool = False
-  seed: int = 0
+  seed: int = 0  # Dropout keys: fold_in(fold_in(key(seed), 1), step), then per device and micro-batch.
 
 
 class StepLayout(NamedTuple):
@@ -226,20 +215,26 @@ class _CompiledSteps:
 
   axis: str
 
-  def __init__(self, config: StepConfig, devices: Sequence[jax.Device] | None):
+  def __init__(
+    self, config: StepConfig, *, sync_batch_norm: bool, devices: Sequence[jax.Device] | None = None
+  ):
     self.mesh = Mesh(np.asarray(jax.devices() if devices is None else devices), (self.axis,))
     self.num_devices = self.mesh.size
     self._batch_sharding = NamedSharding(self.mesh, P(self.axis))
-    # Without a batch-norm axis (jit); `PmapSteps` sets its own.
-    model = config.model.clone(axis_name=None) if hasattr(config.model, "axis_name") else config.model
-    self.config = dataclasses.replace(config, model=model)
+    self._replicated = NamedSharding(self.mesh, P())
     self.unroll = self.mesh.devices.flat[0].platform == "cpu"
     self.train_step: Callable[[TrainState, Batch], tuple[TrainState, Metrics]]
     self.eval_step: Callable[[TrainState, Batch], Metrics]
+    self._compile(config, sync_batch_norm)  # Sets the steps (in the subclasses).
 
   def place_state(self, state: TrainState) -> TrainState:
     """Replicates a (host) state on every device of the mesh."""
-    return jax.device_put(state, NamedSharding(self.mesh, P()))
+    return jax.device_put(state, self._replicated)
+
+
+def _with_axis_name(model: nn.Module, axis_name: str | None) -> nn.Module:
+  """The model with batch norm over ``axis_name`` (unchanged for models without batch norm)."""
+  return model.clone(axis_name=axis_name) if hasattr(model, "axis_name") else model
 
 
 class PmapSteps(_CompiledSteps):
@@ -247,23 +242,16 @@ class PmapSteps(_CompiledSteps):
 
   axis = "batch"
 
-  def __init__(
-    self, config: StepConfig, *, sync_batch_norm: bool, devices: Sequence[jax.Device] | None = None
-  ):
-    super().__init__(config, devices)
-    if sync_batch_norm and hasattr(config.model, "axis_name"):
-      self.config = dataclasses.replace(config, model=config.model.clone(axis_name=self.axis))
+  def _compile(self, config: StepConfig, sync_batch_norm: bool) -> None:
+    config = dataclasses.replace(
+      config, model=_with_axis_name(config.model, self.axis if sync_batch_norm else None)
+    )
     layout = StepLayout(self.axis, num_shards=1, bn_groups=1, unroll=self.unroll)
-    pmap = functools.partial(jax.pmap, axis_name=self.axis, devices=self.mesh.devices.tolist())
-    self.train_step = pmap(
-      functools.partial(train_step, config=self.config, layout=layout),
-      in_axes=(None, 0),
-      out_axes=None,
-      donate_argnums=(0,),
+    pmap = functools.partial(
+      jax.pmap, axis_name=self.axis, devices=self.mesh.devices.tolist(), in_axes=(None, 0), out_axes=None
     )
-    self.eval_step = pmap(
-      functools.partial(eval_step, config=self.config, axis_name=self.axis), in_axes=(None, 0), out_axes=None
-    )
+    self.train_step = pmap(functools.partial(train_step, config=config, layout=layout), donate_argnums=(0,))
+    self.eval_step = pmap(functools.partial(eval_step, config=config, axis_name=self.axis))
 
   def place_batch(self, batch: Batch) -> Batch:
     """Process-local (local devices, b, ...) arrays → global (devices, b, ...) arrays."""
@@ -275,21 +263,13 @@ class JitSteps(_CompiledSteps):
 
   axis = "data"
 
-  def __init__(
-    self, config: StepConfig, *, sync_batch_norm: bool, devices: Sequence[jax.Device] | None = None
-  ):
-    super().__init__(config, devices)
+  def _compile(self, config: StepConfig, sync_batch_norm: bool) -> None:
+    config = dataclasses.replace(config, model=_with_axis_name(config.model, None))
     bn_groups = 1 if sync_batch_norm else self.num_devices
     layout = StepLayout(None, num_shards=self.num_devices, bn_groups=bn_groups, unroll=self.unroll)
-    replicated = NamedSharding(self.mesh, P())
-    self.train_step = jax.jit(
-      functools.partial(train_step, config=self.config, layout=layout),
-      out_shardings=replicated,
-      donate_argnums=(0,),
-    )
-    self.eval_step = jax.jit(
-      functools.partial(eval_step, config=self.config, axis_name=None), out_shardings=replicated
-    )
+    jit = functools.partial(jax.jit, out_shardings=self._replicated)
+    self.train_step = jit(functools.partial(train_step, config=config, layout=layout), donate_argnums=(0,))
+    self.eval_step = jit(functools.partial(eval_step, config=config, axis_name=None))
 
   def place_batch(self, batch: Batch) -> Batch:
     """Process-local (local devices, b, ...) arrays → global (devices · b, ...) arrays."""

@@ -14,6 +14,7 @@ import numpy as np
 import optax
 import pytest
 
+import input_pipeline
 import lars_optax
 import models
 from training import steps
@@ -204,3 +205,15 @@ def test_cross_entropy_with_label_smoothing_matches_closed_form():
   np.testing.assert_allclose(
     steps.cross_entropy(jnp.asarray(logits), jnp.asarray(labels), 3, alpha), expected, rtol=1e-6
   )
+
+
+def test_prefetch_places_batches_ahead_in_order():
+  placed = []
+
+  def place(batch):
+    placed.append(batch)
+    return batch * 10
+
+  batches = input_pipeline.prefetch_batches(iter(range(5)), place, size=2)
+  assert next(batches) == 0 and placed == [0, 1]  # Batch 1 is on its way while step 0 runs.
+  assert list(batches) == [10, 20, 30, 40] and placed == [0, 1, 2, 3, 4]

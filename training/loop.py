@@ -23,25 +23,14 @@ from training import (
 from training import steps as steps_lib
 from training.errors import TrainingError
 
-Parallelism = steps_lib.PmapSteps | steps_lib.JitSteps
-
-
-def _diagnostics(state: steps_lib.TrainState) -> dict[str, float]:
-  """Per-layer trust ratios, parameter and gradient norms of the last update (LARS optimizers)."""
-  found = lars_optax.find_diagnostics(state.opt_state)
-  if len(found) != 1:
-    return {}
-  flat = lars_optax.flatten_diagnostics(next(iter(found.values())))
-  return {key: float(value) for key, value in jax.device_get(flat).items()}
-
 
 class _TrainMetrics:
   """The steps' metrics since the last log: the non-finite guard and the logged means.
 
   `add` keeps a step's metrics on the device (nothing waits for the step); `check`, called before
   anything is logged, evaluated or saved, fetches them and stops the run on non-finite steps: without
-  skipping, the first one; with skipping, more than ``max_consecutive`` in a row. Every process holds
-  the same (replicated) flags, so every process stops at the same check.
+  skipping, the first one; with skipping, more than ``max_consecutive`` in a row. The flags are
+  replicated, so every process stops at the same check.
   """
 
   def __init__(self, step: int, batch_size: int, *, skip: bool, max_consecutive: int):
@@ -160,7 +149,10 @@ class _TrainingRun:
       record.update(metrics.flush(done, state))
       progress.log(done, record)
     if config.diagnostics_every_steps and done % config.diagnostics_every_steps == 0:
-      record.update(_diagnostics(state))
+      found = lars_optax.find_diagnostics(state.opt_state)  # LARS: per-layer trust ratios and norms.
+      if len(found) == 1:
+        flat = jax.device_get(lars_optax.flatten_diagnostics(next(iter(found.values()))))
+        record.update({key: float(value) for key, value in flat.items()})
     eval_due = run.eval_every_steps and done % run.eval_every_steps == 0
     if run.num_eval_steps and (eval_due or last):
       metrics.check()

@@ -16,7 +16,7 @@ with a bare step of the micro-batch size (goal: at most 1.1 times its cost). The
 small data set of fixed-size 28x28 grey images with TFDS into a temporary directory (nothing is
 downloaded) and serves it at 16x16.
 
-Run from the repository root (cases: default, pmap, jit, accum4, tfds):
+Run from the repository root (cases: default, pmap, jit, accum4, eval_at_end, tfds):
 
   python -m benchmarks.train_loop_speed --rounds 5
   python -m benchmarks.train_loop_speed --cases default tfds --rounds 3
@@ -54,6 +54,7 @@ CASES = {
   "pmap": {"parallelism": "pmap"},
   "jit": {"parallelism": "jit"},
   "accum4": {"grad_accum_steps": 4},
+  "eval_at_end": {"eval_every_steps": 0},  # The default without the evaluation after every epoch.
   "tfds": {"dataset": TFDS_NAME, "image_size": 16},
 }
 

@@ -213,14 +213,14 @@ def main() -> None:
   )
   print("ms per step (wall / CPU time of the process); ratio: loop steps/s over bare steps/s")
   print(
-    f"{'case':<9} {'parallelism':<12} {'loop ms':>13} {'bare ms':>13} {'ratio wall':>11} {'ratio CPU':>10}"
+    f"{'case':<12} {'parallelism':<12} {'loop ms':>13} {'bare ms':>13} {'ratio wall':>11} {'ratio CPU':>10}"
   )
   for name, (parallelism, result) in results.items():
     loop_ms, bare_ms = (" / ".join(f"{1e3 * t:5.1f}" for t in result[key]) for key in ("loop", "bare"))
     unit = f"  (per micro-batch, k={result['k']})" if result["k"] > 1 else ""
     ratio_wall, ratio_cpu = result["ratio"]
     print(
-      f"{name:<9} {parallelism:<12} {loop_ms:>13} {bare_ms:>13} {ratio_wall:>11.3f} {ratio_cpu:>10.3f}{unit}"
+      f"{name:<12} {parallelism:<12} {loop_ms:>13} {bare_ms:>13} {ratio_wall:>11.3f} {ratio_cpu:>10.3f}{unit}"
     )
 
 

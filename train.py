@@ -93,6 +93,8 @@ def _start(path: str) -> object:
 
 
 def main(argv: list[str]) -> int:
+  path = _WORKDIR.value or _default_workdir()
+  new_workdir = not os.path.exists(path)
   try:
     if len(argv) > 1:
       raise ConfigError(f"unexpected arguments {argv[1:]}: use --flags and --config.FIELD=VALUE.")
@@ -101,7 +103,6 @@ def main(argv: list[str]) -> int:
     orbax = f"{os.sep}orbax{os.sep}"  # Orbax logs a failed save or read again, with tracebacks.
     logging.get_absl_logger().addFilter(lambda r: r.levelno < logging_lib.ERROR or orbax not in r.pathname)
     checkpoints.ignore_abandoned_io()
-    path = _WORKDIR.value or _default_workdir()
     _lock = _start(path)  # Held until main returns.
     summary = {"step": 0, "preempted": True}
     if not (preemption.requested() and jax.process_count() == 1):  # Else stopped before compiling.
@@ -109,6 +110,8 @@ def main(argv: list[str]) -> int:
         flags.FLAGS["config"].value, path, allow_config_change=_ALLOW_CONFIG_CHANGE.value
       )
   except ConfigError as error:
+    if new_workdir and jax.process_index() == 0:
+      workdir.discard_if_empty(path)  # Refused before anything was written: leave nothing behind.
     cli.fail(str(error))
   except (TrainingError, jax.errors.JaxRuntimeError) as error:  # The latter when a peer dies mid-step.
     if not isinstance(error, TrainingError) and jax.process_count() == 1:

@@ -22,7 +22,17 @@ import pytest
 
 import models
 from configs import default
-from training import checkpoints, config_checks, loop, metrics_log, preemption, run_config, steps, workdir
+from training import (
+  checkpoints,
+  config_checks,
+  loop,
+  metrics_log,
+  plan,
+  preemption,
+  run_config,
+  steps,
+  workdir,
+)
 from training.errors import ConfigError, ExitCode, TrainingError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -328,6 +338,25 @@ def test_config_record_refuses_trajectory_changes_and_allows_neutral_ones(tmp_pa
   run_config.record(changed, tmp_path)
   assert json.loads((tmp_path / "config.json").read_text())["batch_size"] == 64
   assert json.loads((tmp_path / "config.1.json").read_text())["batch_size"] == 128
+
+
+def _schedule(num_train_steps: int) -> dict[str, int]:
+  config = default.get_config()
+  config.num_train_steps = num_train_steps
+  run = plan.make_plan(config, config_checks.validate_config(config, num_devices=1))
+  return {"total_steps": run.schedule_steps, "warmup_steps": run.warmup_steps}
+
+
+def test_a_num_train_steps_that_compresses_the_schedule_differently_is_a_trajectory_change(tmp_path):
+  config = default.get_config()  # 110 steps of schedule; a shorter run compresses it.
+  run_config.record(config, tmp_path, _schedule(-1))
+  longer = default.get_config()
+  longer.num_train_steps = 300  # Continues at the end LR: the first 110 steps are unchanged.
+  run_config.check(longer, tmp_path, resuming=True, allow_change=False, schedule=_schedule(300))
+  shorter = default.get_config()
+  shorter.num_train_steps = 50
+  with pytest.raises(ConfigError, match=r"schedule\.total_steps: 110 → 50"):
+    run_config.check(shorter, tmp_path, resuming=True, allow_change=False, schedule=_schedule(50))
 
 
 @pytest.mark.parametrize("content", [None, b"\xff{", b"[1, 2]", b'"a string"'])

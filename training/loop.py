@@ -229,12 +229,9 @@ def train_and_evaluate(
   info = config_checks.validate_config(config, num_devices=jax.device_count())
   run = plan.make_plan(config, info)
   report.print0(report.start_block(config, run, workdir))
-  run_config.check(
-    config,
-    workdir,
-    resuming=checkpoints.has_checkpoints(os.path.join(workdir, "checkpoints")),
-    allow_change=allow_config_change,
-  )
+  schedule = {"total_steps": run.schedule_steps, "warmup_steps": run.warmup_steps}
+  resuming = checkpoints.has_checkpoints(os.path.join(workdir, "checkpoints"))
+  run_config.check(config, workdir, resuming=resuming, allow_change=allow_config_change, schedule=schedule)
 
   model, tx, parallel = _make_parallelism(config, run, info.num_classes)
   checkpointer = checkpoints.Checkpointer(
@@ -245,7 +242,7 @@ def train_and_evaluate(
   initial = steps_lib.create_train_state(model, tx, seed=config.seed, input_shape=info.image_shape)
   host_state = checkpointer.restore_latest(jax.device_get(initial))
   start_step = int(host_state.step)
-  run_config.record(config, workdir)  # Only once the restore succeeded.
+  run_config.record(config, workdir, schedule)  # Only once the restore succeeded.
   if start_step >= run.num_train_steps:  # Finished already: no evaluation, no new events file.
     checkpointer.close()
     report.print0(

@@ -4,7 +4,9 @@ When the workdir holds checkpoints, `check` refuses (`ConfigError`, each change 
 config that differs from the record in a field that alters the trajectory, or a record that is missing,
 unreadable or not a JSON object, unless ``allow_change`` (``--allow_config_change``). Once the checkpoint
 is restored, `record` writes the config, keeping a replaced record as ``config.<k>.json``. Fields in
-`NEUTRAL_FIELDS` may change freely (extending ``num_train_steps`` to continue a finished run is common).
+`NEUTRAL_FIELDS` may change freely (extending ``num_train_steps`` to continue a finished run is common);
+the learning-rate schedule's steps are recorded too, so a ``num_train_steps`` that compresses the
+schedule differently counts as a change.
 """
 
 import json
@@ -40,9 +42,11 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
   return {key: value for flat in nested for key, value in flat.items()}
 
 
-def as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The config as plain JSON values (tuples become lists, as they do once written)."""
-  return json.loads(json.dumps(config.to_dict(), default=repr))
+def as_json(config: ml_collections.ConfigDict, schedule: Mapping[str, int] | None = None) -> dict[str, Any]:
+  """The config as plain JSON values (tuples become lists, as they do once written), with the steps of
+  its learning-rate ``schedule`` where given (a shorter ``num_train_steps`` compresses the schedule)."""
+  values = config.to_dict() | ({"schedule": dict(schedule)} if schedule else {})
+  return json.loads(json.dumps(values, default=repr))
 
 
 def changes(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
@@ -70,7 +74,12 @@ def _read(path: Path) -> Any:
 
 
 def check(
-  config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, resuming: bool, allow_change: bool
+  config: ml_collections.ConfigDict,
+  workdir: str | os.PathLike,
+  *,
+  resuming: bool,
+  allow_change: bool,
+  schedule: Mapping[str, int] | None = None,
 ) -> None:
   """Compares ``config`` with ``workdir/config.json`` when ``resuming`` (on every process; see above)."""
   path = Path(workdir) / CONFIG_FILE
@@ -80,7 +89,7 @@ def check(
       f"{path} is {recorded}; it records the config of the checkpoints in {Path(workdir)}. Restore it, "
       "or pass --allow_config_change to resume with this config and record it."
     )
-  altered = trajectory_changes(recorded, as_json(config)) if isinstance(recorded, dict) else {}
+  altered = trajectory_changes(recorded, as_json(config, schedule)) if isinstance(recorded, dict) else {}
   listing = "\n".join(f"  {key}: {old!r} → {new!r}" for key, (old, new) in altered.items())
   if altered and not allow_change:
     raise ConfigError(
@@ -92,11 +101,13 @@ def check(
     logging.warning("Resuming with a changed config (--allow_config_change):\n%s", listing)
 
 
-def record(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> None:
+def record(
+  config: ml_collections.ConfigDict, workdir: str | os.PathLike, schedule: Mapping[str, int] | None = None
+) -> None:
   """Writes ``workdir/config.json`` (process 0; the restore before it synchronised the processes)."""
   if jax.process_index() != 0:
     return
-  path, current = Path(workdir) / CONFIG_FILE, as_json(config)
+  path, current = Path(workdir) / CONFIG_FILE, as_json(config, schedule)
   path.parent.mkdir(parents=True, exist_ok=True)
   recorded = _read(path)
   if path.exists() and (isinstance(recorded, str) or trajectory_changes(recorded, current)):

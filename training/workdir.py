@@ -53,3 +53,11 @@ def holder(workdir: str | os.PathLike) -> str | None:
     return (Path(workdir) / LOCK_FILE).read_text().strip()
   except OSError:
     return None
+
+
+def discard_if_empty(workdir: str | os.PathLike) -> None:
+  """Removes ``workdir`` if it holds nothing but its lock file (a run refused before writing anything)."""
+  path = Path(workdir)
+  if path.is_dir() and [entry.name for entry in path.iterdir()] == [LOCK_FILE]:
+    (path / LOCK_FILE).unlink()
+    path.rmdir()

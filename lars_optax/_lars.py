@@ -187,12 +187,9 @@ def lars(
     https://arxiv.org/abs/1706.02677 (LR inside vs outside the momentum buffer).
   """
   _validation.check_learning_rate("learning_rate", learning_rate)
-  checked_momentum = _validation.check_number("momentum", momentum, _validation.UNIT_INTERVAL)
-  _validation.check_bool("nesterov", nesterov)
-  _validation.check_bool("trust_clip", trust_clip)
-  _validation.check_choice("learning_rate_placement", learning_rate_placement, LEARNING_RATE_PLACEMENTS)
-  excluded_scale = _validation.check_number("excluded_lr_scale", excluded_lr_scale, _validation.NON_NEGATIVE)
-  buffer_dtype = _validation.floating_dtype("accumulator_dtype", accumulator_dtype)
+  checked_momentum, excluded_scale, buffer_dtype = _checked_step_options(
+    momentum, nesterov, trust_clip, learning_rate_placement, excluded_lr_scale, accumulator_dtype
+  )
   layerwise = _trust_ratio.LayerwiseTrustRatio.create(
     weight_decay=weight_decay,
     trust_coefficient=trust_coefficient,
@@ -210,11 +207,13 @@ def lars(
     excluded_scale=excluded_scale,
     weight_decay=layerwise.weight_decay,
   )
+  leaf_step = functools.partial(
+    _leaf_step, layerwise=layerwise, step_rule=step_rule, momentum=checked_momentum, nesterov=nesterov
+  )
 
   def init_fn(params: optax.Params) -> LarsState:
-    diagnostics = layerwise.init(params)
     buffers = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=buffer_dtype), params)
-    return LarsState(count=jnp.zeros([], jnp.int32), momentum=buffers, diagnostics=diagnostics)
+    return LarsState(count=jnp.zeros([], jnp.int32), momentum=buffers, diagnostics=layerwise.init(params))
 
   def update_fn(
     updates: optax.Updates, state: LarsState, params: optax.Params | None = None, **extra_args: Any
@@ -223,24 +222,56 @@ def lars(
     layout = layerwise.layout(updates, params)
     lr = _trust_ratio.learning_rate_at(learning_rate, state.count)
 
-    def update_leaf(grad: jax.Array, param: jax.Array, velocity: jax.Array, *leaf_layout: Any) -> _LeafStep:
-      adapted, decayed, num_layer_axes = leaf_layout  # one leaf's LeafLayout
-      diagnostics = layerwise.of_leaf(param, grad, adapted, decayed, num_layer_axes)
-      rule = step_rule(diagnostics.trust_ratio, grad, lr, adapted, decayed)
-      new_velocity = _trust_ratio.add_scaled_direction(  # v <- m v + r d
-        checked_momentum * velocity.astype(_trust_ratio.wide_dtype(velocity)), grad, param, rule.rates
-      )
-      descent = new_velocity
-      if nesterov:  # m v + r d
-        descent = _trust_ratio.add_scaled_direction(checked_momentum * new_velocity, grad, param, rule.rates)
-      new_update = (rule.update_scale * descent).astype(grad.dtype)  # Δw = -v (inside) or -γ v (outside)
-      return _LeafStep(new_update, new_velocity.astype(velocity.dtype), diagnostics)
-
+    update_leaf = functools.partial(leaf_step, lr=lr)
     step = _trust_ratio.map_leaves(update_leaf, _LeafStep, updates, params, state.momentum, *layout)
     new_state = LarsState(_trust_ratio.next_count(state.count), step.momentum, step.diagnostics)
     return step.update, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, _trust_ratio.as_update_fn(update_fn))
+
+
+def _checked_step_options(
+  momentum: ArrayLike,
+  nesterov: bool,
+  trust_clip: bool,
+  learning_rate_placement: str,
+  excluded_lr_scale: ArrayLike,
+  accumulator_dtype: DTypeLike | None,
+) -> tuple[Scalar, Scalar, Any]:
+  """The momentum step's arguments of `lars`, checked: m, the excluded leaves' scale, the buffers' dtype."""
+  checked_momentum = _validation.check_number("momentum", momentum, _validation.UNIT_INTERVAL)
+  _validation.check_bool("nesterov", nesterov)
+  _validation.check_bool("trust_clip", trust_clip)
+  _validation.check_choice("learning_rate_placement", learning_rate_placement, LEARNING_RATE_PLACEMENTS)
+  excluded_scale = _validation.check_number("excluded_lr_scale", excluded_lr_scale, _validation.NON_NEGATIVE)
+  return checked_momentum, excluded_scale, _validation.floating_dtype("accumulator_dtype", accumulator_dtype)
+
+
+def _leaf_step(
+  grad: jax.Array,
+  param: jax.Array,
+  velocity: jax.Array,
+  adapted: bool,
+  decayed: bool,
+  num_layer_axes: int,
+  *,
+  lr: Scalar,
+  layerwise: _trust_ratio.LayerwiseTrustRatio,
+  step_rule: Any,
+  momentum: Scalar,
+  nesterov: bool,
+) -> _LeafStep:
+  """One leaf's step: its update Δw, its new velocity v and its diagnostics."""
+  diagnostics = layerwise.of_leaf(param, grad, adapted, decayed, num_layer_axes)
+  rule = step_rule(diagnostics.trust_ratio, grad, lr, adapted, decayed)
+  new_velocity = _trust_ratio.add_scaled_direction(  # v <- m v + r d
+    momentum * velocity.astype(_trust_ratio.wide_dtype(velocity)), grad, param, rule.rates
+  )
+  descent = new_velocity
+  if nesterov:  # m v + r d
+    descent = _trust_ratio.add_scaled_direction(momentum * new_velocity, grad, param, rule.rates)
+  new_update = (rule.update_scale * descent).astype(grad.dtype)  # Δw = -v (inside) or -γ v (outside)
+  return _LeafStep(new_update, new_velocity.astype(velocity.dtype), diagnostics)
 
 
 def _leaf_step_rule(

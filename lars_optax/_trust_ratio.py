@@ -374,15 +374,7 @@ def scale_by_trust_ratio(
     layer_axes=layer_axes,
     axis_name=axis_name,
   )
-  _validation.check_bool("trust_clip", trust_clip)
-  if trust_clip != (learning_rate is not None):
-    raise _validation.ArgumentValueError(
-      "learning_rate",
-      "learning_rate is required with trust_clip=True (LARC clips λ against γ_t) and only then (the trust "
-      f"ratio alone does not use it); got trust_clip={trust_clip}, learning_rate={learning_rate!r}.",
-    )
-  if learning_rate is not None:
-    _validation.check_learning_rate("learning_rate", learning_rate)
+  _check_trust_clip(trust_clip, learning_rate)
 
   def init_fn(params: optax.Params) -> ScaleByTrustRatioState:
     return ScaleByTrustRatioState(count=jnp.zeros([], jnp.int32), diagnostics=layerwise.init(params))
@@ -414,6 +406,19 @@ def scale_by_trust_ratio(
     return result.update, ScaleByTrustRatioState(next_count(state.count), result.diagnostics)
 
   return optax.GradientTransformationExtraArgs(init_fn, as_update_fn(update_fn))
+
+
+def _check_trust_clip(trust_clip: bool, learning_rate: MaybeSchedule) -> None:
+  """``learning_rate`` is given with ``trust_clip=True`` and only then (the plain ratio does not use it)."""
+  _validation.check_bool("trust_clip", trust_clip)
+  if trust_clip != (learning_rate is not None):
+    raise _validation.ArgumentValueError(
+      "learning_rate",
+      "learning_rate is required with trust_clip=True (LARC clips λ against γ_t) and only then (the trust "
+      f"ratio alone does not use it); got trust_clip={trust_clip}, learning_rate={learning_rate!r}.",
+    )
+  if learning_rate is not None:
+    _validation.check_learning_rate("learning_rate", learning_rate)
 
 
 class _LeafScaling(NamedTuple):

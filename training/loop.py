@@ -91,23 +91,6 @@ class _TrainMetrics:
     }
 
 
-def _make_parallelism(config: ml_collections.ConfigDict, run: plan.TrainingPlan, num_classes: int):
-  """The model, the optimizer and the compiled steps of ``config.parallelism``."""
-  model, tx, schedule = run.model, run.tx, run.schedule
-  step_config = steps_lib.StepConfig(
-    model=model,
-    tx=tx,
-    learning_rate_fn=schedule,
-    num_classes=num_classes,
-    label_smoothing=config.label_smoothing,
-    grad_accum_steps=config.grad_accum_steps,
-    skip_nonfinite=config.skip_nonfinite_steps,
-    seed=config.seed,
-  )
-  parallel = steps_lib.PARALLELISM[config.parallelism](step_config, sync_batch_norm=config.sync_batch_norm)
-  return model, tx, parallel
-
-
 class _TrainingRun:
   """The steps of one run between its start (or resume) and its end (or preemption)."""
 
@@ -223,7 +206,7 @@ def train_and_evaluate(
 
   Returns:
     A summary: final step, the last evaluation's and training window's metrics, skipped steps,
-    whether the run stopped on SIGTERM, wall time and the expected top-1 of the recipe.
+    whether the run stopped on SIGTERM, wall time and the expected top-1 of the config.
   """
   start_time = time.perf_counter()
   info = config_checks.validate_config(config, num_devices=jax.device_count())
@@ -233,13 +216,23 @@ def train_and_evaluate(
   resuming = checkpoints.has_checkpoints(os.path.join(workdir, "checkpoints"))
   run_config.check(config, workdir, resuming=resuming, allow_change=allow_config_change, schedule=schedule)
 
-  model, tx, parallel = _make_parallelism(config, run, info.num_classes)
+  step_config = steps_lib.StepConfig(
+    model=run.model,
+    tx=run.tx,
+    learning_rate_fn=run.schedule,
+    num_classes=info.num_classes,
+    label_smoothing=config.label_smoothing,
+    grad_accum_steps=config.grad_accum_steps,
+    skip_nonfinite=config.skip_nonfinite_steps,
+    seed=config.seed,
+  )
+  parallel = steps_lib.PARALLELISM[config.parallelism](step_config, sync_batch_norm=config.sync_batch_norm)
   checkpointer = checkpoints.Checkpointer(
     os.path.join(workdir, "checkpoints"),
     every_steps=config.checkpoint_every_steps,
     keep=config.keep_checkpoints,
   )
-  initial = steps_lib.create_train_state(model, tx, seed=config.seed, input_shape=info.image_shape)
+  initial = steps_lib.create_train_state(run.model, run.tx, seed=config.seed, input_shape=info.image_shape)
   host_state = checkpointer.restore_latest(jax.device_get(initial))
   start_step = int(host_state.step)
   run_config.record(config, workdir, schedule)  # Only once the restore succeeded.

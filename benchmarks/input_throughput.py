@@ -92,6 +92,34 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _interleaved_rounds(datasets, rounds: int, batches: int, batch_size: int):
+  """Images per second and per CPU-second of each mode, one measurement of each per round, in turn."""
+  rates: dict[str, list[float]] = {mode: [] for mode in MODES}
+  cpu_rates: dict[str, list[float]] = {mode: [] for mode in MODES}
+  for round_index in range(rounds):
+    for mode in MODES:
+      rate, cpu_rate = measure(datasets[mode], batches, batch_size)
+      rates[mode].append(rate)
+      cpu_rates[mode].append(cpu_rate)
+    per_mode = (
+      f"{mode} {rates[mode][-1]:.0f} images/s ({cpu_rates[mode][-1]:.0f} per CPU-s)" for mode in MODES
+    )
+    print(f"round {round_index + 1}: " + ", ".join(per_mode), flush=True)
+  return rates, cpu_rates
+
+
+def _summary(per_round: dict[str, list[float]]) -> dict[str, float]:
+  """Medians of each mode, the ratio of the medians and the median of the per-round ratios."""
+  fused, unfused = (statistics.median(per_round[mode]) for mode in MODES)
+  ratios = [a / b for a, b in zip(per_round[MODES[0]], per_round[MODES[1]], strict=True)]
+  return {
+    "median_fused": fused,
+    "median_unfused": unfused,
+    "ratio_of_medians": fused / unfused,
+    "median_of_ratios": statistics.median(ratios),
+  }
+
+
 def main(argv: list[str] | None = None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--num_images", type=int, default=2000)
@@ -118,30 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
     for dataset in datasets.values():  # one full epoch fills the in-memory cache of the files.
       for _ in dataset.take(len(paths) // args.batch_size + 1):
         pass
-    rates = {mode: [] for mode in MODES}
-    cpu_rates = {mode: [] for mode in MODES}
-    for round_index in range(args.rounds):
-      for mode in MODES:
-        rate, cpu_rate = measure(datasets[mode], batches, args.batch_size)
-        rates[mode].append(rate)
-        cpu_rates[mode].append(cpu_rate)
-      print(
-        f"round {round_index + 1}: "
-        + ", ".join(
-          f"{mode} {rates[mode][-1]:.0f} images/s ({cpu_rates[mode][-1]:.0f} per CPU-s)" for mode in MODES
-        ),
-        flush=True,
-      )
-
-  def summary(per_round: dict[str, list[float]]) -> dict[str, float]:
-    fused, unfused = (statistics.median(per_round[mode]) for mode in MODES)
-    ratios = [a / b for a, b in zip(per_round[MODES[0]], per_round[MODES[1]], strict=True)]
-    return {
-      "median_fused": fused,
-      "median_unfused": unfused,
-      "ratio_of_medians": fused / unfused,
-      "median_of_ratios": statistics.median(ratios),
-    }
+    rates, cpu_rates = _interleaved_rounds(datasets, args.rounds, batches, args.batch_size)
 
   result = {
     "command": "python -m benchmarks.input_throughput " + shlex.join(argv or sys.argv[1:]),
@@ -155,8 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
     "rounds": args.rounds,
     "images_per_second": rates,
     "images_per_cpu_second": cpu_rates,
-    "wall": summary(rates),
-    "cpu": summary(cpu_rates),
+    "wall": _summary(rates),
+    "cpu": _summary(cpu_rates),
   }
   for key, unit in (("wall", "images/s"), ("cpu", "images per CPU-second")):
     print(

@@ -378,3 +378,22 @@ def test_metrics_log_truncates_to_the_restored_step_and_drops_a_torn_line(tmp_pa
   assert [r["step"] for r in metrics_log.read_metrics(path)] == [1, 2, 3]
   assert path.read_text().endswith("\n")
   assert metrics_log.truncate_metrics(tmp_path / "absent.jsonl", 0) == 0
+
+
+def _schedule(num_train_steps: int) -> dict[str, int]:
+  config = default.get_config()
+  config.num_train_steps = num_train_steps
+  run = plan.make_plan(config, config_checks.validate_config(config, num_devices=1))
+  return {"total_steps": run.schedule_steps, "warmup_steps": run.warmup_steps}
+
+
+def test_a_num_train_steps_that_compresses_the_schedule_differently_is_a_trajectory_change(tmp_path):
+  config = default.get_config()  # 110 steps of schedule; a shorter run compresses it.
+  run_config.record(config, tmp_path, _schedule(-1))
+  longer = default.get_config()
+  longer.num_train_steps = 300  # Continues at the end LR: the first 110 steps are unchanged.
+  run_config.check(longer, tmp_path, resuming=True, allow_change=False, schedule=_schedule(300))
+  shorter = default.get_config()
+  shorter.num_train_steps = 50
+  with pytest.raises(ConfigError, match=r"schedule\.total_steps: 110 → 50"):
+    run_config.check(shorter, tmp_path, resuming=True, allow_change=False, schedule=_schedule(50))

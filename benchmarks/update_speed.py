@@ -183,7 +183,7 @@ def markdown_table(timings: Timings, stats: Mapping[str, ProgramStats]) -> str:
 
 
 def goal_lines(timings: Timings) -> list[str]:
-  """Whether, on median wall times, lars_optax is within 1.4x of SGD and at least 3x faster than optax.lars."""
+  """Whether, on median wall times, lars_optax is within 1.4x of SGD and 3x faster than optax.lars."""
   if not {"lars_optax.lars", "optax.lars"} <= set(timings.wall):
     return []
   median = {name: float(np.median(times)) for name, times in timings.wall.items()}

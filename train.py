@@ -52,13 +52,9 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool("allow_config_change", False, "Resume d
 
 def _define_config(argv: list[str]) -> None:
   """--config (see cli.parse_flags for why it is defined at parse time)."""
-  config_flags.DEFINE_config_file(
-    "config",
-    os.fspath(cli.DEFAULT_CONFIG),
-    "Training configuration file (configs/*.py), with :ARG for a batch size where it takes one.",
-    lock_config=True,
-    sys_argv=argv,
-  )
+  description = "Training configuration file (configs/*.py), with :ARG for a batch size where it takes one."
+  default = os.fspath(cli.DEFAULT_CONFIG)
+  config_flags.DEFINE_config_file("config", default, description, lock_config=True, sys_argv=argv)
 
 
 def _default_workdir() -> str:

@@ -73,19 +73,16 @@ def train_dataset(
   start_epoch, start_offset = divmod(start_step, steps_per_epoch)
   base_key = tf.constant([seed, layout.process_index], tf.int64)
   records = records.cache() if cache else records
+  fold_in = tf.random.experimental.stateless_fold_in
 
   def epoch_examples(epoch):  # k_e = fold_in([seed, p], e): the shuffle and each example's seed.
-    key = tf.random.experimental.stateless_fold_in(base_key, epoch)
+    key = fold_in(base_key, epoch)
     shuffle_seed = tf.random.stateless_uniform([], key, minval=None, maxval=None, dtype=tf.int64)
     first = tf.where(epoch == start_epoch, tf.constant(start_offset * batch_size, tf.int64), 0)
     examples = records.shuffle(shuffle_buffer_size, seed=shuffle_seed).take(steps_per_epoch * batch_size)
     if augment is None:
       return examples.skip(first)
-    return (
-      examples.enumerate()
-      .skip(first)
-      .map(lambda i, ex: (tf.random.experimental.stateless_fold_in(key, i), ex))
-    )
+    return examples.enumerate().skip(first).map(lambda i, ex: (fold_in(key, i), ex))
 
   def preprocess(example_seed, example):
     return {**example, "image": augment(example["image"], example_seed, image_size, channels)}

@@ -105,9 +105,8 @@ class Checkpointer:
     self._every_steps = every_steps
     self._saving: int | None = None  # The step of the save in flight.
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-    self._manager = ocp.CheckpointManager(
-      self.directory, options=options, item_handlers=ocp.StandardCheckpointHandler()
-    )
+    handler = ocp.StandardCheckpointHandler()
+    self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handler)
 
   def is_due(self, step: int) -> bool:
     """Whether `save` would write a periodic checkpoint at ``step``."""

@@ -71,9 +71,8 @@ def check_same_run(config: dict, path: str | os.PathLike, *, error: str | None, 
     client.key_value_set(f"{_KEY}/0", json.dumps({"error": error} if error else _record(config, path)))
     if error:
       raise ConfigError(error)
-    reports = [
-      client.blocking_key_value_get(f"{_KEY}/{i}", timeout_ms) for i in range(1, jax.process_count())
-    ]
+    peers = range(1, jax.process_count())
+    reports = [client.blocking_key_value_get(f"{_KEY}/{i}", timeout_ms) for i in peers]
     verdict = next((report for report in reports if report != "ok"), "ok")
     client.key_value_set(f"{_KEY}/verdict", verdict)
   else:

@@ -11,15 +11,7 @@ import numpy as np
 
 import input_pipeline
 import lars_optax
-from training import (
-  checkpoints,
-  config_checks,
-  metrics_log,
-  plan,
-  preemption,
-  report,
-  run_config,
-)
+from training import checkpoints, config_checks, metrics_log, plan, preemption, report, run_config
 from training import steps as steps_lib
 from training.errors import TrainingError
 
@@ -105,6 +97,10 @@ class _TrainingRun:
       augmentation=config.augmentation,
     )
 
+  def _placed(self, batches):
+    """``batches`` placed on the devices, ``config.prefetch_batches`` ahead of the step."""
+    return input_pipeline.prefetch_batches(batches, self.parallel.place_batch, self.config.prefetch_batches)
+
   def evaluate(self, state: steps_lib.TrainState) -> dict[str, float]:
     """Top-1, top-5 and loss over the evaluation batches, counting only unmasked examples."""
     batches = input_pipeline.eval_iterator(
@@ -115,9 +111,7 @@ class _TrainingRun:
     )
     batches = itertools.islice(batches, self.run.num_eval_steps)
     totals = None
-    for batch in input_pipeline.prefetch_batches(
-      batches, self.parallel.place_batch, self.config.prefetch_batches
-    ):
+    for batch in self._placed(batches):
       sums = self.parallel.eval_step(state, batch)
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
@@ -146,24 +140,17 @@ class _TrainingRun:
   def train(self, state: steps_lib.TrainState, start_step: int) -> tuple[steps_lib.TrainState, dict]:
     """Trains from ``start_step``; returns the state and the latest value of every logged metric."""
     config, run = self.config, self.run
-    batches = input_pipeline.prefetch_batches(
-      input_pipeline.train_iterator(
-        config.dataset,
-        global_batch_size=config.batch_size,
-        seed=config.seed,
-        start_step=start_step,
-        shuffle_buffer_size=config.shuffle_buffer_size,
-        **self._data_args,
-      ),
-      self.parallel.place_batch,
-      config.prefetch_batches,
+    batches = input_pipeline.train_iterator(
+      config.dataset,
+      global_batch_size=config.batch_size,
+      seed=config.seed,
+      start_step=start_step,
+      shuffle_buffer_size=config.shuffle_buffer_size,
+      **self._data_args,
     )
-    metrics = _TrainMetrics(
-      start_step,
-      config.batch_size,
-      skip=config.skip_nonfinite_steps,
-      max_consecutive=config.max_consecutive_skips,
-    )
+    batches = self._placed(batches)
+    skip, max_consecutive = config.skip_nonfinite_steps, config.max_consecutive_skips
+    metrics = _TrainMetrics(start_step, config.batch_size, skip=skip, max_consecutive=max_consecutive)
     latest = {"preempted": False}
     progress = report.Progress(
       total=run.num_train_steps, initial=start_step, progress_bar=config.progress_bar
@@ -177,7 +164,7 @@ class _TrainingRun:
         state, step_metrics = self.parallel.train_step(state, next(batches))
         done = step + 1
         metrics.add(done, step_metrics)
-        progress.step()
+        progress.update()
         record = self._record(done, state, metrics, progress)
         if record:
           self.log.write(done, record)
@@ -213,7 +200,8 @@ def train_and_evaluate(
   run = plan.make_plan(config, info)
   report.print0(report.start_block(config, run, workdir))
   schedule = {"total_steps": run.schedule_steps, "warmup_steps": run.warmup_steps}
-  resuming = checkpoints.has_checkpoints(os.path.join(workdir, "checkpoints"))
+  checkpoint_dir = os.path.join(workdir, "checkpoints")
+  resuming = checkpoints.has_checkpoints(checkpoint_dir)
   run_config.check(config, workdir, resuming=resuming, allow_change=allow_config_change, schedule=schedule)
 
   step_config = steps_lib.StepConfig(
@@ -228,9 +216,7 @@ def train_and_evaluate(
   )
   parallel = steps_lib.PARALLELISM[config.parallelism](step_config, sync_batch_norm=config.sync_batch_norm)
   checkpointer = checkpoints.Checkpointer(
-    os.path.join(workdir, "checkpoints"),
-    every_steps=config.checkpoint_every_steps,
-    keep=config.keep_checkpoints,
+    checkpoint_dir, every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints
   )
   initial = steps_lib.create_train_state(run.model, run.tx, seed=config.seed, input_shape=info.image_shape)
   host_state = checkpointer.restore_latest(jax.device_get(initial))

@@ -58,13 +58,8 @@ def truncate_metrics(path: str | os.PathLike, last_step: int) -> int:
     with path.with_name(path.name + ".rejected").open("ab") as file:
       file.writelines(line + b"\n" for _, _, line in rejected)
     examples = "; ".join(f"line {number}: {why}" for number, why, _ in rejected[:3])
-    logging.warning(
-      "%s: skipped %d line(s) that are not records (%s): moved to %s.rejected.",
-      path,
-      len(rejected),
-      examples,
-      path.name,
-    )
+    message = "%s: skipped %d line(s) that are not records (%s): moved to %s.rejected."
+    logging.warning(message, path, len(rejected), examples, path.name)
   kept = [record for record in records if record["step"] <= last_step]
   tmp = path.with_name(path.name + ".tmp")
   tmp.write_text("".join(json.dumps(record) + "\n" for record in kept))

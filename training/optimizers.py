@@ -71,8 +71,7 @@ def peak_learning_rate(config) -> float:
 
 def create_learning_rate_schedule(config, *, total_steps: int, warmup_steps: int) -> optax.Schedule:
   """`lars_optax.warmup_polynomial_decay` from 0 to γ_0 over W steps, then to `end_learning_rate` at T."""
-  end, power = config.end_learning_rate, config.lr_decay_power
-  peak = peak_learning_rate(config)
+  peak, end, power = peak_learning_rate(config), config.end_learning_rate, config.lr_decay_power
   return lars_optax.warmup_polynomial_decay(
     peak_value=peak, total_steps=total_steps, warmup_steps=warmup_steps, end_value=end, power=power
   )

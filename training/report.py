@@ -78,9 +78,6 @@ class Progress(tqdm.tqdm):
       total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stdout, disable=not bar
     )
 
-  def step(self) -> None:
-    self.update(1)
-
   def log(self, step: int, record: Mapping[str, float]) -> None:
     """Shows a logging step's training metrics: on the bar, or as one line."""
     loss, lr, images = record["train/loss"], record["train/lr"], record["train/images_per_sec"]

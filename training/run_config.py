@@ -52,11 +52,8 @@ def as_json(config: ml_collections.ConfigDict, schedule: Mapping[str, int] | Non
 def changes(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
   """Field → (old, new) for every field that differs, ``"<absent>"`` where one side lacks it."""
   old, new = _flatten(recorded), _flatten(current)
-  return {
-    key: (old.get(key, _ABSENT), new.get(key, _ABSENT))
-    for key in sorted(old.keys() | new.keys())
-    if old.get(key, _ABSENT) != new.get(key, _ABSENT)
-  }
+  pairs = {key: (old.get(key, _ABSENT), new.get(key, _ABSENT)) for key in sorted(old.keys() | new.keys())}
+  return {key: (before, after) for key, (before, after) in pairs.items() if before != after}
 
 
 def trajectory_changes(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:

@@ -143,9 +143,8 @@ def _accumulate(
   else:
 
     def split(x):  # (S·k·m, ...) → (k, S·m, ...): micro-batch i is rows [i·m, (i+1)·m) of each shard.
-      return jnp.swapaxes(x.reshape(layout.num_shards, k, -1, *x.shape[1:]), 0, 1).reshape(
-        k, -1, *x.shape[1:]
-      )
+      shards = x.reshape(layout.num_shards, k, -1, *x.shape[1:])
+      return jnp.swapaxes(shards, 0, 1).reshape(k, -1, *x.shape[1:])
 
     micro = [split(batch["image"]), split(batch["label"])]
     (sums, batch_stats), _ = lax.scan(micro_step, carry, (*micro, jnp.arange(k)), unroll=layout.unroll)
@@ -231,6 +230,10 @@ class _CompiledSteps:
     """Replicates a (host) state on every device of the mesh."""
     return jax.device_put(state, self._replicated)
 
+  def place_batch(self, batch: Batch) -> Batch:
+    """Process-local (local devices, b, ...) arrays → global (devices, b, ...) arrays."""
+    return {k: jax.make_array_from_process_local_data(self._batch_sharding, v) for k, v in batch.items()}
+
 
 def _with_axis_name(model: nn.Module, axis_name: str | None) -> nn.Module:
   """The model with batch norm over ``axis_name`` (unchanged for models without batch norm)."""
@@ -243,19 +246,14 @@ class PmapSteps(_CompiledSteps):
   axis = "batch"
 
   def _compile(self, config: StepConfig, sync_batch_norm: bool) -> None:
-    config = dataclasses.replace(
-      config, model=_with_axis_name(config.model, self.axis if sync_batch_norm else None)
-    )
+    axis_name = self.axis if sync_batch_norm else None
+    config = dataclasses.replace(config, model=_with_axis_name(config.model, axis_name))
     layout = StepLayout(self.axis, num_shards=1, bn_groups=1, unroll=self.unroll)
     pmap = functools.partial(
       jax.pmap, axis_name=self.axis, devices=self.mesh.devices.tolist(), in_axes=(None, 0), out_axes=None
     )
     self.train_step = pmap(functools.partial(train_step, config=config, layout=layout), donate_argnums=(0,))
     self.eval_step = pmap(functools.partial(eval_step, config=config, axis_name=self.axis))
-
-  def place_batch(self, batch: Batch) -> Batch:
-    """Process-local (local devices, b, ...) arrays → global (devices, b, ...) arrays."""
-    return {k: jax.make_array_from_process_local_data(self._batch_sharding, v) for k, v in batch.items()}
 
 
 class JitSteps(_CompiledSteps):
@@ -273,10 +271,7 @@ class JitSteps(_CompiledSteps):
 
   def place_batch(self, batch: Batch) -> Batch:
     """Process-local (local devices, b, ...) arrays → global (devices · b, ...) arrays."""
-    return {
-      k: jax.make_array_from_process_local_data(self._batch_sharding, np.reshape(v, (-1, *np.shape(v)[2:])))
-      for k, v in batch.items()
-    }
+    return super().place_batch({k: np.reshape(v, (-1, *np.shape(v)[2:])) for k, v in batch.items()})
 
 
 PARALLELISM: Mapping[str, type[_CompiledSteps]] = MappingProxyType({"pmap": PmapSteps, "jit": JitSteps})

@@ -258,11 +258,11 @@ def test_weight_decay_mask_is_shown_recorded_and_checked_on_resume(tmp_path):
   config = default.get_config()
   config.optimizer, config.weight_decay_mask = "sgd", "every_leaf"
   assert "every_leaf" in report.start_block(config, plan.make_plan(config, DIGITS), "/tmp/run")
-  run_config.check_and_record(config, tmp_path, resuming=False, allow_change=False)
+  run_config.record(config, tmp_path)
   assert json.loads((tmp_path / run_config.CONFIG_FILE).read_text())["weight_decay_mask"] == "every_leaf"
   config.weight_decay_mask = None
   with pytest.raises(ConfigError, match="weight_decay_mask"):
-    run_config.check_and_record(config, tmp_path, resuming=True, allow_change=False)
+    run_config.check(config, tmp_path, resuming=True, allow_change=False)
 
 
 _PARAMS = {"kernel": jnp.array([[1.0, 2.0], [3.0, -1.0]]), "bias": jnp.array([0.5, -0.5])}

@@ -151,7 +151,7 @@ def test_default_path_imports_no_tensorflow_logs_plain_lines_and_resumes_a_finis
     assert re.search(rf"^{name}\s+\S", stdout, flags=re.M), name
   assert re.search(rf"^workdir:\s+{re.escape(str(workdir))}$", stdout, flags=re.M)
   assert re.search(r"^  eval/accuracy: \d{1,3}\.\d\d%$", stdout, flags=re.M)
-  assert "expected_top1" not in stdout  # None: omitted
+  assert re.search(r"^  expected_top1: [\d.]+%$", stdout, flags=re.M)  # The config's own figure.
   assert f"outputs: {workdir} (" in stdout
   events = sorted(workdir.glob("events.out.tfevents.*"))
   assert len(events) == 1 and events[0].stat().st_size > 0

@@ -8,6 +8,11 @@ not installed. Run with ``-s`` to see each peer's maximum relative difference.
 """
 
 import importlib
+import importlib.util
+import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -71,15 +76,17 @@ def _import_or_skip(module):
 # timm
 
 
-def _run_timm(groups, **options):
-  torch = _import_or_skip("torch")
-  timm_optim = _import_or_skip("timm.optim")
+def _timm_steps(groups, options):
+  """timm's own `Lars` over the steps of `_problem`, in float64; the final parameters."""
+  import torch
+  from timm.optim import Lars
+
   params, grads = _problem()
   tensors = {
     name: torch.tensor(value, dtype=torch.float64, requires_grad=True) for name, value in params.items()
   }
   param_groups = [{"params": [tensors[name] for name in names], **extra} for names, extra in groups]
-  opt = timm_optim.Lars(param_groups, **options)
+  opt = Lars(param_groups, **options)
   for t, grad in enumerate(grads):
     for group in opt.param_groups:
       group["lr"] = learning_rate(t)
@@ -87,6 +94,28 @@ def _run_timm(groups, **options):
       tensor.grad = torch.tensor(grad[name], dtype=torch.float64)
     opt.step()
   return {name: tensor.detach().numpy() for name, tensor in tensors.items()}
+
+
+def _run_timm(groups, **options):
+  """`_timm_steps` in a fresh process: PyTorch crashes when imported after TensorFlow, which other tests
+  (and the TF Model Garden peer below) import in this one."""
+  for module in ("torch", "timm"):
+    if importlib.util.find_spec(module) is None:
+      pytest.skip(f"{module} is not installed; install the peers extra, see docs/peers.md")
+  code = (
+    "import pickle, sys, test_peers as t; "
+    "sys.stdout.buffer.write(pickle.dumps(t._timm_steps(*pickle.load(sys.stdin.buffer))))"
+  )
+  result = subprocess.run(
+    [sys.executable, "-c", code],
+    input=pickle.dumps((groups, options)),
+    capture_output=True,
+    cwd=Path(__file__).parent,
+    timeout=300,
+    check=False,
+  )
+  assert result.returncode == 0, result.stderr.decode(errors="replace")[-3000:]
+  return pickle.loads(result.stdout)
 
 
 @pytest.mark.parametrize("nesterov", [False, True])

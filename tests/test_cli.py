@@ -74,6 +74,7 @@ def _help(columns: int) -> str:
   return "\n".join(lines)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("columns", [40, 80, 200])
 def test_help_fits_a_terminal_and_shows_each_field_with_its_default_and_meaning(columns):
@@ -90,6 +91,7 @@ def test_help_fits_a_terminal_and_shows_each_field_with_its_default_and_meaning(
     assert any(line.startswith(f"  {flag}") for line in lines), flag
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(
   ("args", "message"),

@@ -261,6 +261,7 @@ def test_smoke_mode_is_quick(smoke):
   assert smoke[2] < 150, f"the smoke run took {smoke[2]:.0f} CPU seconds"
 
 
+@pytest.mark.slow
 def test_an_exhausted_budget_skips_every_compilation(tmp_path):
   results = cli.main(["--smoke", "--time_budget_s", "0", "--output_dir", str(tmp_path)])
   assert len(results["update"]["skipped"]) == len(update.UPDATE_OPTIMIZERS)

@@ -262,6 +262,7 @@ def _resnet50_at_init_numpy(params, x, eps=1e-5):
   return h.mean(axis=(1, 2)) @ p["head"]["kernel"] + p["head"]["bias"]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_resnet50_small_resolution_forward():
   model = models.ResNet50(num_classes=10)

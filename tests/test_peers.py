@@ -118,6 +118,7 @@ def _run_timm(groups, **options):
   return pickle.loads(result.stdout)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_timm_lars_paper_equivalent(nesterov):
   """timm with kernels in a decayed group and biases/BN in a group without weight decay (so not adapted)."""
@@ -143,6 +144,7 @@ def test_timm_lars_paper_equivalent(nesterov):
   _max_relative_difference(peer, ours, f"timm Lars (paper-equivalent, nesterov={nesterov})")
 
 
+@pytest.mark.slow
 def test_timm_lars_trust_clip():
   """timm Lars(trust_clip=True) on every parameter: LARC's min(λ/γ, 1), eps 1e-8, LR outside."""
   peer = _run_timm(

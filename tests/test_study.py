@@ -48,6 +48,7 @@ def _seed_stats(points, key, lr, num_seeds):
   return test.mean(), test.std()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_quick_summary_has_the_schema_and_its_numbers_come_from_the_runs(quick_run):
   _paths, summary, record = quick_run
@@ -73,6 +74,7 @@ def test_quick_summary_has_the_schema_and_its_numbers_come_from_the_runs(quick_r
       np.testing.assert_allclose(linear, base * batch["batch_size"] / b_min, rtol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_quick_study_full_batch_is_the_whole_training_set(quick_run):
   _, summary, record = quick_run
@@ -88,6 +90,7 @@ def test_quick_study_full_batch_is_the_whole_training_set(quick_run):
     np.testing.assert_allclose([entry["mean"], entry["std"]], [mean, std], rtol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_quick_study_chooses_on_seed_0_validation_and_widens_at_edges(quick_run):
   _, _, record = quick_run
@@ -178,6 +181,7 @@ def test_tune_widens_downwards_when_nothing_trains():
   assert (tuning["grid"], tuning["at_edge"]) == ([0.25, 0.5, 1, 2, 4, 8], True)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_quick_study_trust_ratios_follow_the_paper_formula(quick_run):
   _, _, record = quick_run
@@ -195,6 +199,7 @@ def test_quick_study_trust_ratios_follow_the_paper_formula(quick_run):
         assert lam == 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_quick_study_markdown_shows_the_summary(quick_run):
   paths, summary, record = quick_run
@@ -241,6 +246,7 @@ def test_committed_summary_has_the_schema_and_the_paper_regime():
         )
 
 
+@pytest.mark.slow
 def test_committed_results_come_from_their_command_with_todays_settings():
   summary = json.loads((RESULTS / "study_summary.json").read_text())
   argv = shlex.split(summary["command"])

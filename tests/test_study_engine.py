@@ -20,6 +20,7 @@ from models import ConvLayer, get_model
 BETA = 5e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["sgd", "lars"])
 def test_vmapped_grid_equals_each_run_alone(optimizer):
   # To float32 rounding (relative differences of about 1e-5 after 18 steps), not bitwise: vmap turns a

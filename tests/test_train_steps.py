@@ -93,6 +93,7 @@ def _written_out_sgd_step(model, state: steps.TrainState, images: np.ndarray, la
   return new_params, batch_stats, float(np.mean(losses))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   ("model_name", "grad_accum_steps", "unroll"),
   [("conv1d", 1, True), ("conv1d_bn", 1, True), ("conv1d_bn", 3, True), ("conv1d_bn", 3, False)],

@@ -82,6 +82,7 @@ def _leaves(model_name, image_size):
   return {"/".join(k.key for k in path): leaf.shape for path, leaf in flat}
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_one_row_per_parameter_leaf(rows):
   expected = _leaves("small_alexnet", 16)
@@ -90,6 +91,7 @@ def test_one_row_per_parameter_leaf(rows):
     assert row.adapted == (len(row.shape) > 1), row.name
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_trust_ratio_is_the_paper_formula_of_the_reported_norms(rows):
   for row in rows:
@@ -99,6 +101,7 @@ def test_trust_ratio_is_the_paper_formula_of_the_reported_norms(rows):
     np.testing.assert_allclose(row.ratio, row.param_norm / row.grad_norm, rtol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_norms_equal_an_independent_numpy_run(rows):
   reference = _reference_norms("small_alexnet", **SMALL)
@@ -111,6 +114,7 @@ def test_norms_equal_an_independent_numpy_run(rows):
     np.testing.assert_allclose(row.trust_ratio, expected, rtol=2e-4, err_msg=row.name)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_ratios_spread_over_an_order_of_magnitude_and_change_with_training(rows):
   ratios = np.asarray([row.ratio for row in rows])
@@ -127,6 +131,7 @@ def _table(text, model_name):
   return {row[0]: row[1:] for row in cells}
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_main_writes_the_numbers_of_an_independent_run(tmp_path):
   argv = ["--quick", "--models", "small_alexnet", "--output_dir", str(tmp_path)]

@@ -16,6 +16,7 @@ def imagenet_config(*, model: str, batch_size: int, optimizer: str) -> ml_collec
   config.update(dataset="imagenet2012", image_size=224, model=model, optimizer=optimizer, half_precision=True)
   config.update(batch_size=batch_size, num_epochs=100.0, expected_top1=None)  # Each config states its top-1.
   config.update(log_every_steps=100, diagnostics_every_steps=500, checkpoint_every_steps=2000)
+  config.eval_every_steps = -1  # Every epoch: 50,000 images, about 1% of an epoch's work.
   if model.startswith("alexnet"):  # Caffe's AlexNet crop; evaluation: the centre 227 of 256.
     config.image_size, config.crop_padding = defaults.ALEXNET_IMAGE_SIZE, defaults.ALEXNET_CROP_PADDING
   return config

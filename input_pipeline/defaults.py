@@ -5,3 +5,4 @@ CROP_PADDING = 32  # Evaluation centre crop keeps S / (S + 32) of the shorter si
 ALEXNET_IMAGE_SIZE = 227  # Caffe's AlexNet crop.
 ALEXNET_CROP_PADDING = 29  # Evaluation: the centre 227 of 256.
 SHUFFLE_BUFFER_SIZE = 16_384  # Examples; about 1.8 GB of encoded ImageNet JPEGs per process.
+CACHE_BYTES = 1 << 30  # cache=None: a TFDS split is kept in memory if this process's part fits in 1 GiB.

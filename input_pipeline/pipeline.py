@@ -1,8 +1,9 @@
 """The public entry points, whatever the data set: names in `ARRAY_DATASETS` are served from memory in
 NumPy; any other is a TFDS data set, checked without TensorFlow, batched by `tf.data` (TensorFlow then)."""
 
+import functools
 import importlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -85,7 +86,7 @@ def train_iterator(
   dtype: str = "float32",
   data_dir: str | None = None,
   shuffle_buffer_size: int = defaults.SHUFFLE_BUFFER_SIZE,
-  cache: bool = False,
+  cache: bool | None = None,
   augmentation: str | None = None,
   **placement: int | None,
 ) -> Iterator[arrays.Batch]:
@@ -93,8 +94,9 @@ def train_iterator(
 
   Step `s`'s batch is a function of `(seed, s)` (for TFDS data, also of the process count), so a restart at
   `start_step=s` sees what the run would have seen. `global_batch_size` (`B`) must divide by `P D`; `dtype`:
-  a key of `arrays.DTYPES`; `shuffle_buffer_size`, `cache` (keep the records after the first epoch): TFDS
-  only; `placement`: `process_index`, `process_count`, `local_device_count` (None: JAX's).
+  a key of `arrays.DTYPES`; `shuffle_buffer_size`, `cache` (keep the records in memory after the first
+  epoch; None: if they fit, `tfds_data.TfdsSource.cached`): TFDS only; `placement`: `process_index`,
+  `process_count`, `local_device_count` (None: JAX's).
   """
   check_int(seed, "seed", minimum=0)
   check_int(start_step, "start_step", minimum=0)
@@ -109,32 +111,44 @@ def train_iterator(
   return tfds_pipeline.train_iterator(data, layout, dtype=dtype, **options)
 
 
-def eval_iterator(
+class _Passes:
+  """An iterable whose every pass is a new iterator from ``start()``."""
+
+  def __init__(self, start: Callable[[], Iterator]):
+    self._start = start
+
+  def __iter__(self) -> Iterator:
+    return self._start()
+
+
+def eval_dataset(
   name: str,
   *,
   global_batch_size: int,
   image_size: int | None = None,
   dtype: str = "float32",
   data_dir: str | None = None,
-  cache: bool = False,
+  cache: bool | None = None,
   crop_padding: int = defaults.CROP_PADDING,
   augmentation: str | None = None,
   **placement: int | None,
-) -> Iterator[arrays.Batch]:
-  """Evaluation batches of this process, with a `(D, b)` bool `mask`: the split exactly once in total.
+) -> Iterable[arrays.Batch]:
+  """Evaluation batches of this process, with a `(D, b)` bool `mask`: each pass over the returned iterable
+  (`iter`) covers the split exactly once in total, all processes together.
 
   Every process yields `ceil(N_eval / B)` batches; padded examples have zero images, label 0 and `mask`
   False: sum `mask`-weighted metrics over devices and processes, divide by the sum of `mask`. `cache` keeps
-  the preprocessed images; Inception's centre crop keeps `S / (S + crop_padding)` of the shorter side.
+  the preprocessed TFDS images in memory after the first pass (None: if they fit); Inception's centre
+  crop keeps `S / (S + crop_padding)` of the shorter side.
   """
   check_int(crop_padding, "crop_padding", minimum=0)
   np_dtype = arrays.as_dtype(dtype)
   layout = sharding.process_layout(global_batch_size, **placement)
   data = _open(name, data_dir, image_size, augmentation)
   if isinstance(data, arrays.ArraySplits):
-    return arrays.eval_batches(data, layout, dtype=np_dtype)
+    return _Passes(functools.partial(arrays.eval_batches, data, layout, dtype=np_dtype))
   tfds_pipeline = importlib.import_module("input_pipeline.tfds_pipeline")  # imports TensorFlow.
-  return tfds_pipeline.eval_iterator(data, layout, dtype=dtype, crop_padding=crop_padding, cache=cache)
+  return tfds_pipeline.eval_dataset(data, layout, dtype=dtype, crop_padding=crop_padding, cache=cache)
 
 
 def load_arrays(

@@ -1,6 +1,7 @@
 """A prepared TFDS image-classification data set, opened from its metadata without importing TensorFlow."""
 
 import importlib.util
+import math
 import os
 from typing import Any, NamedTuple
 
@@ -31,6 +32,22 @@ class TfdsSource(NamedTuple):
       return self.builder.info.splits[split].num_examples
     tfds_pipeline = importlib.import_module("input_pipeline.tfds_pipeline")  # mock_data records no sizes.
     return int(tfds_pipeline.read(self, split).cardinality())
+
+  def cached(self, split: str, cache: bool | None, process_count: int) -> bool:
+    """Whether the pipeline keeps ``split`` in memory after its first pass: ``cache``; for None, whether
+    this process's part, as held (the encoded training records of `ENCODED` augmentations, their float32
+    evaluation crops, or else the decoded uint8 images), fits in `defaults.CACHE_BYTES`."""
+    if cache is not None:
+      return cache
+    count = self.num_examples(split)
+    if self.augmentation not in ENCODED:
+      example_bytes = math.prod(self.image_shape)
+    elif split == TRAIN_SPLIT:  # Sizes unrecorded (mock data): nothing to hold.
+      splits = self.builder.info.splits
+      example_bytes = splits[split].num_bytes / count if split in splits else 0
+    else:
+      example_bytes = 4 * self.image_size**2 * self.image_shape[-1]
+    return count * example_bytes <= defaults.CACHE_BYTES * process_count
 
 
 def require_tfds(name: str) -> None:

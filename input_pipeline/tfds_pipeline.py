@@ -105,12 +105,14 @@ def train_iterator(source: tfds_data.TfdsSource, layout: sharding.ProcessLayout,
     raise tfds_data.InputError("global_batch_size", "`global_batch_size` exceeds the training split.")
   channels, augmentation, size = source.image_shape[-1], source.augmentation, source.image_size
   options.update(steps_per_epoch=steps, augmentation=augmentation, image_size=size, channels=channels)
+  options["cache"] = source.cached(tfds_data.TRAIN_SPLIT, options["cache"], layout.process_count)
   dataset = train_dataset(_records(source, tfds_data.TRAIN_SPLIT, layout), layout=layout, **options)
   return dataset.as_numpy_iterator()
 
 
-def eval_iterator(source: tfds_data.TfdsSource, layout, *, dtype, crop_padding, cache):
-  """This process's part of the evaluation split, preprocessed, padded to `ceil(N_eval / B)` batches."""
+def eval_dataset(source: tfds_data.TfdsSource, layout, *, dtype, crop_padding, cache):
+  """This process's part of the evaluation split, preprocessed, padded to `ceil(N_eval / B)` batches; each
+  pass over the returned iterable reads the split again (from memory if cached)."""
   augment = preprocessing.AUGMENTATIONS[source.augmentation][1]
   channels, size = source.image_shape[-1], source.image_size
 
@@ -119,9 +121,9 @@ def eval_iterator(source: tfds_data.TfdsSource, layout, *, dtype, crop_padding, 
     return {"image": image, "label": example["label"], "mask": tf.constant(True)}
 
   dataset = _records(source, source.eval_split, layout).map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
-  dataset = dataset.cache() if cache else dataset
+  dataset = dataset.cache() if source.cached(source.eval_split, cache, layout.process_count) else dataset
   zeros = {key: tf.zeros(spec.shape, spec.dtype) for key, spec in dataset.element_spec.items()}
   num_batches = sharding.num_eval_batches(source.num_examples(source.eval_split), layout.global_batch_size)
   dataset = dataset.concatenate(tf.data.Dataset.from_tensors(zeros).repeat())
   dataset = dataset.take(num_batches * layout.per_process_batch_size)
-  return _batches(dataset, layout, size, dtype, None).as_numpy_iterator()
+  return tfds.as_numpy(_batches(dataset, layout, size, dtype, None))

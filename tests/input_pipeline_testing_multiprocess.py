@@ -1,7 +1,7 @@
 """Worker of `test_input_pipeline_multiprocess.py`: one JAX process of a two-process evaluation.
 
 Run as `python input_pipeline_testing_multiprocess.py PORT PROCESS_ID TINY_DATA_DIR`, with two CPU
-devices per process. It evaluates two fixed classifiers with `eval_iterator` and `jax.pmap`, sums the
+devices per process. It evaluates two fixed classifiers with `eval_dataset` and `jax.pmap`, sums the
 masked counts over all devices of all processes with `psum`, and prints them as JSON.
 """
 
@@ -48,7 +48,7 @@ def evaluate(name: str, predict, global_batch_size: int, **kwargs) -> dict:
 
   step = _masked_counts(predict)
   totals, num_batches = np.zeros(2, np.int64), 0
-  batches = input_pipeline.eval_iterator(name, global_batch_size=global_batch_size, **kwargs)
+  batches = input_pipeline.eval_dataset(name, global_batch_size=global_batch_size, **kwargs)
   for batch in batches:  # (local devices, per-device batch, ...): what jax.pmap takes.
     totals += np.asarray(step(batch)[0])
     num_batches += 1

@@ -144,7 +144,7 @@ def test_eval_covers_every_example_exactly_once(indexed, process_count, local_de
   seen = []
   for index in range(process_count):
     batches = list(
-      input_pipeline.eval_iterator(
+      input_pipeline.eval_dataset(
         indexed,
         global_batch_size=batch,
         process_count=process_count,
@@ -173,7 +173,7 @@ def test_masked_accuracy_equals_unpadded_accuracy():
     return np.argmin(((flat[:, None] - centroids.reshape(1, 10, 64)) ** 2).sum(-1), axis=1)
 
   correct = count = 0
-  for batch in input_pipeline.eval_iterator("digits", global_batch_size=64, local_device_count=4):
+  for batch in input_pipeline.eval_dataset("digits", global_batch_size=64, local_device_count=4):
     mask = batch["mask"].reshape(-1)
     hits = predict(batch["image"]) == batch["label"].reshape(-1)
     correct, count = correct + np.sum(hits & mask), count + np.sum(mask)
@@ -189,7 +189,7 @@ def test_bfloat16_images(indexed):
     )
   )
   assert batch["image"].dtype == ml_dtypes.bfloat16 == jnp.bfloat16
-  evaluation = next(input_pipeline.eval_iterator(indexed, global_batch_size=8, dtype="bfloat16"))
+  evaluation = next(iter(input_pipeline.eval_dataset(indexed, global_batch_size=8, dtype="bfloat16")))
   assert evaluation["image"].dtype == jnp.bfloat16
 
 
@@ -245,7 +245,7 @@ def test_digits_path_does_not_import_tensorflow():
     import input_pipeline
     info = input_pipeline.get_dataset_info("digits")
     batch = next(input_pipeline.train_iterator("digits", global_batch_size=8, seed=0))
-    next(input_pipeline.eval_iterator("digits", global_batch_size=8))
+    next(iter(input_pipeline.eval_dataset("digits", global_batch_size=8)))
     assert "tensorflow" not in sys.modules, "digits imported TensorFlow"
     print(info.num_train)
     """

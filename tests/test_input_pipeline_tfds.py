@@ -12,10 +12,11 @@ import textwrap
 import input_pipeline_testing as testing
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import input_pipeline
-from input_pipeline import preprocessing, tfds_data
+from input_pipeline import defaults, preprocessing, tfds_data
 
 TINY = testing.NAME
 
@@ -50,7 +51,7 @@ def test_mocked_imagenet_batches(dtype):
     )
     batches = [next(train) for _ in range(3)]  # 12 // 8 = 1 step per epoch: three epochs.
     evaluation = list(
-      input_pipeline.eval_iterator(
+      input_pipeline.eval_dataset(
         "imagenet2012", global_batch_size=8, image_size=32, dtype=dtype, local_device_count=2
       )
     )
@@ -71,7 +72,7 @@ def test_mocked_cifar10_uses_fixed_size_preprocessing():
   with tfds.testing.mock_data(num_examples=6):
     assert tfds_data.open_source("cifar10", None, None, None).augmentation == "pad_crop_flip"
     batch = next(input_pipeline.train_iterator("cifar10", global_batch_size=4, seed=1, local_device_count=1))
-    evaluation = next(input_pipeline.eval_iterator("cifar10", global_batch_size=4, local_device_count=1))
+    evaluation = next(iter(input_pipeline.eval_dataset("cifar10", global_batch_size=4, local_device_count=1)))
     assert input_pipeline.get_dataset_info("cifar10").image_shape == (32, 32, 3)
     resized = input_pipeline.get_dataset_info("cifar10", image_size=48, augmentation="inception_unfused")
     cropped = next(
@@ -170,7 +171,7 @@ def test_evaluation_covers_the_split_exactly_once(tiny_dir, process_count, globa
   seen, correct = [], 0
   for index in range(process_count):
     batches = list(
-      input_pipeline.eval_iterator(
+      input_pipeline.eval_dataset(
         TINY,
         data_dir=tiny_dir,
         global_batch_size=global_batch_size,
@@ -192,6 +193,50 @@ def test_evaluation_covers_the_split_exactly_once(tiny_dir, process_count, globa
   assert sorted(seen) == list(range(37, 50))
   expected = sum(testing.label(i) == testing.colour(i) for i in range(37, 50))
   assert correct == expected == 10  # ids 39, 43 and 47 are labelled against their colour.
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cache", [None, True, False])
+def test_a_cached_split_is_read_from_its_files_once(tmp_path, cache):
+  """None caches what fits (the tiny set): after the first pass, training and evaluation go on without
+  the files; False reads them again."""
+  testing.build(str(tmp_path))
+  args = dict(data_dir=str(tmp_path), global_batch_size=4, image_size=16, local_device_count=1, cache=cache)
+  train = input_pipeline.train_iterator(TINY, seed=0, **args)
+  evaluation = input_pipeline.eval_dataset(TINY, **args)
+  first_pass = list(evaluation)
+  next(train)  # The shuffle buffer (larger than the split) has read every training record.
+  for record_file in tmp_path.rglob("*.tfrecord*"):
+    record_file.unlink()
+  if cache is False:
+    with pytest.raises(tf.errors.NotFoundError):
+      list(evaluation)
+    return
+  for batch, again in zip(first_pass, list(evaluation), strict=True):
+    np.testing.assert_array_equal(batch["image"], again["image"])
+  for _ in range(10 * testing.NUM_TRAIN // 4):  # Ten more epochs.
+    assert next(train)["image"].shape == (1, 4, 16, 16, 3)
+
+
+def test_the_cache_holds_what_fits_in_cache_bytes(monkeypatch, tiny_dir, grey_dir):
+  """Held: the encoded training records and float32 evaluation crops (JPEGs), the decoded images (PNGs)."""
+  jpeg = tfds_data.open_source(TINY, tiny_dir, None, 16)
+  grey = tfds_data.open_source(f"{testing.GREY_NAME}/small", grey_dir, None, None)
+  train_bytes = jpeg.builder.info.splits["train"].num_bytes
+  held = {
+    (jpeg, "train"): train_bytes,
+    (jpeg, "validation"): testing.NUM_EVAL * 16 * 16 * 3 * 4,
+    (grey, "train"): testing.GREY_SIZES["small"][0] * 28 * 28,
+    (grey, "test"): testing.GREY_SIZES["small"][1] * 28 * 28,
+  }
+  for (source, split), size in held.items():
+    for processes in (1, 3):
+      per_process = -(-size // processes)  # The part's share, rounded up to whole bytes.
+      monkeypatch.setattr(defaults, "CACHE_BYTES", per_process)
+      assert source.cached(split, None, processes)
+      monkeypatch.setattr(defaults, "CACHE_BYTES", per_process - 1)
+      assert not source.cached(split, None, processes)
+      assert source.cached(split, True, processes) and not source.cached(split, False, processes)
 
 
 def test_missing_data_set_names_the_directory_and_the_preparation(tmp_path):
@@ -216,7 +261,7 @@ def test_missing_tfds_extra_is_one_line_naming_the_install(monkeypatch, tmp_path
     lambda: input_pipeline.get_dataset_info("cifar10", data_dir=str(tmp_path)),
     lambda: input_pipeline.check_data_config("cifar10", data_dir=str(tmp_path)),
     lambda: input_pipeline.train_iterator("cifar10", data_dir=str(tmp_path), global_batch_size=8, seed=0),
-    lambda: input_pipeline.eval_iterator("cifar10", data_dir=str(tmp_path), global_batch_size=8),
+    lambda: input_pipeline.eval_dataset("cifar10", data_dir=str(tmp_path), global_batch_size=8),
   ]
   for call in calls:
     with pytest.raises(input_pipeline.InputError) as error:
@@ -297,7 +342,7 @@ def test_fixed_size_grey_images_are_resized_on_the_batch_and_resumable(grey_dir)
   for batch, resumed in zip(batches[9:], _grey_train(grey_dir, 5, start_step=9), strict=True):
     np.testing.assert_array_equal(batch["image"], resumed["image"])
   evaluation = list(
-    input_pipeline.eval_iterator(
+    input_pipeline.eval_dataset(
       f"{testing.GREY_NAME}/small", data_dir=grey_dir, global_batch_size=8, image_size=16
     )
   )

@@ -128,8 +128,15 @@ def test_plan_derives_steps_evaluation_and_learning_rate():
   assert run.steps_per_epoch == 1438 // 256 == 5
   assert (run.schedule_steps, run.warmup_steps, run.num_train_steps) == (15, 5, 15)
   assert (run.eval_batch_size, run.num_eval_steps) == (64, 6)  # ceil(359 / 64)
-  assert run.eval_every_steps == 5 and run.peak_learning_rate == config.learning_rate
+  assert run.peak_learning_rate == config.learning_rate
   assert float(run.schedule(5)) == pytest.approx(config.learning_rate)
+
+
+@pytest.mark.parametrize(("eval_every_steps", "expected"), [(-1, 11), (-2, 22), (-5, 55), (0, 0), (7, 7)])
+def test_plan_evaluates_every_n_epochs_for_minus_n(eval_every_steps, expected):
+  config = default.get_config()
+  config.eval_every_steps = eval_every_steps
+  assert plan.make_plan(config, DIGITS).eval_every_steps == expected  # 1438 // 128 = 11 steps per epoch.
 
 
 @pytest.mark.parametrize(
@@ -205,7 +212,7 @@ BAD_VALUES = [
   ("num_train_steps", 0),
   ("crop_padding", -1000),
   ("seed", -1),
-  ("eval_every_steps", -2),
+  ("eval_every_steps", -3_000_000_000),
   ("eval_batch_size", 100),
   ("model_kwargs.dropout_rate", 1.5),
   ("model_kwargs.dropout_rate", 1.0),

@@ -22,10 +22,11 @@ _INT_RANGES = {
   **dict.fromkeys(("batch_size", "grad_accum_steps", "base_batch_size", "eval_batch_size"), (1, _I32)),
   **dict.fromkeys(("log_every_steps", "keep_checkpoints", "num_train_steps", "prefetch_batches"), (1, _I32)),
   "preemption_sync_every_steps": (1, _I32),
-  **dict.fromkeys(("diagnostics_every_steps", "checkpoint_every_steps", "eval_every_steps"), (0, _I32)),
+  **dict.fromkeys(("diagnostics_every_steps", "checkpoint_every_steps"), (0, _I32)),
   **dict.fromkeys(("steps_per_eval", "max_consecutive_skips", "seed"), (0, _I32)),
+  "eval_every_steps": (-_I32, _I32),  # -n: every n epochs.
 }
-_SENTINELS = {"eval_batch_size": None, "num_train_steps": -1, "eval_every_steps": -1, "steps_per_eval": -1}
+_SENTINELS = {"eval_batch_size": None, "num_train_steps": -1, "steps_per_eval": -1}
 
 # field: (lowest, highest) real number, highest excluded; all must be given (not None).
 _FLOAT_RANGES = {

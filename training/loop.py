@@ -96,6 +96,7 @@ class _TrainingRun:
       cache=config.cache,
       augmentation=config.augmentation,
     )
+    self._eval_data = None  # The evaluation split, opened once (a cached one is read from disk once).
 
   def _placed(self, batches):
     """``batches`` placed on the devices, ``config.prefetch_batches`` ahead of the step."""
@@ -103,13 +104,14 @@ class _TrainingRun:
 
   def evaluate(self, state: steps_lib.TrainState) -> dict[str, float]:
     """Top-1, top-5 and loss over the evaluation batches, counting only unmasked examples."""
-    batches = input_pipeline.eval_iterator(
-      self.config.dataset,
-      global_batch_size=self.run.eval_batch_size,
-      crop_padding=self.config.crop_padding,
-      **self._data_args,
-    )
-    batches = itertools.islice(batches, self.run.num_eval_steps)
+    if self._eval_data is None:
+      self._eval_data = input_pipeline.eval_dataset(
+        self.config.dataset,
+        global_batch_size=self.run.eval_batch_size,
+        crop_padding=self.config.crop_padding,
+        **self._data_args,
+      )
+    batches = itertools.islice(self._eval_data, self.run.num_eval_steps)
     totals = None
     for batch in self._placed(batches):
       sums = self.parallel.eval_step(state, batch)

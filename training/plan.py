@@ -62,7 +62,8 @@ def make_plan(config: ml_collections.ConfigDict, info: input_pipeline.DatasetInf
   eval_batch = config.eval_batch_size or config.batch_size // config.grad_accum_steps
   full_eval = math.ceil(info.num_eval / eval_batch)
   num_evals = full_eval if config.steps_per_eval == -1 else min(config.steps_per_eval, full_eval)
-  eval_every = steps_per_epoch if config.eval_every_steps == -1 else config.eval_every_steps
+  every = config.eval_every_steps
+  eval_every = -every * steps_per_epoch if every < 0 else every  # -n: every n epochs.
   peak, top1 = optimizers.peak_learning_rate(config), config.expected_top1
   return TrainingPlan(
     steps_per_epoch, run, total, warmup, peak, eval_batch, num_evals, eval_every, top1, model, schedule, tx

@@ -18,7 +18,7 @@ cost per micro-batch is compared with a bare step of the micro-batch size (goal:
 cost, a ratio of at least 0.91). The ``tfds`` case writes a 10-class data set of fixed-size 28x28 grey
 images with TFDS into a temporary directory (nothing is downloaded) and serves it at 16x16.
 
-Run from the repository root (cases: default, pmap, accum4, eval_every_epoch, tfds):
+Run from the repository root (cases: default, pmap, accum4, eval_every_epoch, no_eval, tfds):
 
   python -m benchmarks.train_loop_speed --rounds 5
   python -m benchmarks.train_loop_speed --cases default tfds --rounds 3
@@ -56,6 +56,7 @@ CASES = {
   "pmap": {"parallelism": "pmap"},
   "accum4": {"grad_accum_steps": 4},
   "eval_every_epoch": {"eval_every_steps": -1},
+  "no_eval": {"steps_per_eval": 0, "diagnostics_every_steps": 0},  # No evaluation, no trust ratios.
   "tfds": {"dataset": TFDS_NAME, "image_size": 16},
 }
 

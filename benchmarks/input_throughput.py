@@ -56,14 +56,13 @@ def build(paths: list[str], mode: str, batch_size: int, num_threads: int | None)
     lambda path: {"image": tf.io.read_file(path), "label": tf.constant(0, tf.int32)}
   )
   return tfds_pipeline.train_dataset(
-    records,
+    records.cache(),
     layout=sharding.ProcessLayout(batch_size, 0, 1, 1),
     steps_per_epoch=len(paths) // batch_size,
     seed=0,
     augmentation=mode,
     image_size=224,
     shuffle_buffer_size=1024,
-    cache=True,
     num_threads=num_threads,
   )
 

@@ -81,8 +81,6 @@ def _add_loop_fields(config: ml_collections.ConfigDict) -> None:
   config.seed = 0  # Initialisation, data order and dropout all derive from (seed, step).
   config.num_train_steps = -1  # -1: the schedule's length; fewer steps compress the whole schedule.
   config.log_every_steps = 10  # Steps between training-metric records (and plain progress lines).
-  # The test digits are a quarter of the training set: evaluating every 5 epochs costs about 1% of the
-  # training work, as evaluating ImageNet once per epoch does (configs/_imagenet.py).
   config.eval_every_steps = -5  # -n: every n epochs; 0: only at the end.
   config.steps_per_eval = -1  # -1: the whole evaluation split (exact, padded batches masked); 0: none.
   config.diagnostics_every_steps = 50  # Per-layer trust ratios to metrics.jsonl and TensorBoard; 0: never.

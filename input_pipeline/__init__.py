@@ -7,7 +7,6 @@ classification data set prepared in a data directory (`pip install -e ".[tfds]"`
 from input_pipeline.pipeline import (
   ARRAY_DATASETS,
   DatasetInfo,
-  check_data_config,
   eval_dataset,
   get_dataset_info,
   load_arrays,
@@ -21,7 +20,6 @@ __all__ = [
   "ARRAY_DATASETS",
   "DatasetInfo",
   "InputError",
-  "check_data_config",
   "eval_dataset",
   "get_dataset_info",
   "load_arrays",

@@ -1,7 +1,6 @@
 """The public entry points, whatever the data set: names in `ARRAY_DATASETS` are served from memory in
 NumPy; any other is a TFDS data set, checked without TensorFlow, batched by `tf.data` (TensorFlow then)."""
 
-import functools
 import importlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
@@ -56,24 +55,6 @@ def get_dataset_info(
   shape = data.image_shape if data.image_size is None else (data.image_size,) * 2 + data.image_shape[-1:]
   counts = data.num_examples(tfds_data.TRAIN_SPLIT), data.num_examples(data.eval_split)
   return DatasetInfo(name, num_classes, shape, *counts)
-
-
-def check_data_config(
-  dataset: str,
-  *,
-  data_dir: str | None = None,
-  image_size: int | None = None,
-  augmentation: str | None = None,
-  crop_padding: int = defaults.CROP_PADDING,
-  shuffle_buffer_size: int = defaults.SHUFFLE_BUFFER_SIZE,
-) -> DatasetInfo:
-  """Checks a training config's data fields (same names) at load, without TensorFlow: its `DatasetInfo`.
-
-  Raises `InputError`, whose `argument` is the field to fix; the message names it and what it accepts.
-  """
-  check_int(crop_padding, "crop_padding", minimum=0)
-  check_int(shuffle_buffer_size, "shuffle_buffer_size", minimum=1)
-  return get_dataset_info(dataset, data_dir=data_dir, image_size=image_size, augmentation=augmentation)
 
 
 def train_iterator(
@@ -137,16 +118,15 @@ def eval_dataset(
   (`iter`) covers the split exactly once in total, all processes together.
 
   Every process yields `ceil(N_eval / B)` batches; padded examples have zero images, label 0 and `mask`
-  False: sum `mask`-weighted metrics over devices and processes, divide by the sum of `mask`. `cache` keeps
-  the preprocessed TFDS images in memory after the first pass (None: if they fit); Inception's centre
-  crop keeps `S / (S + crop_padding)` of the shorter side.
+  False: sum `mask`-weighted metrics over devices and processes, divide by the sum of `mask`. `cache`: as
+  for `train_iterator`; Inception's centre crop keeps `S / (S + crop_padding)` of the shorter side.
   """
   check_int(crop_padding, "crop_padding", minimum=0)
   np_dtype = arrays.as_dtype(dtype)
   layout = sharding.process_layout(global_batch_size, **placement)
   data = _open(name, data_dir, image_size, augmentation)
   if isinstance(data, arrays.ArraySplits):
-    return _Passes(functools.partial(arrays.eval_batches, data, layout, dtype=np_dtype))
+    return _Passes(lambda: arrays.eval_batches(data, layout, dtype=np_dtype))
   tfds_pipeline = importlib.import_module("input_pipeline.tfds_pipeline")  # imports TensorFlow.
   return tfds_pipeline.eval_dataset(data, layout, dtype=dtype, crop_padding=crop_padding, cache=cache)
 

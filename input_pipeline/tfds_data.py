@@ -34,20 +34,15 @@ class TfdsSource(NamedTuple):
     return int(tfds_pipeline.read(self, split).cardinality())
 
   def cached(self, split: str, cache: bool | None, process_count: int) -> bool:
-    """Whether the pipeline keeps ``split`` in memory after its first pass: ``cache``; for None, whether
-    this process's part, as held (the encoded training records of `ENCODED` augmentations, their float32
-    evaluation crops, or else the decoded uint8 images), fits in `defaults.CACHE_BYTES`."""
+    """Whether this process's records of ``split`` stay in memory after their first pass: ``cache``; for
+    None, whether they fit in `defaults.CACHE_BYTES` (fixed-size images decoded, else encoded)."""
     if cache is not None:
       return cache
-    count = self.num_examples(split)
-    if self.augmentation not in ENCODED:
-      example_bytes = math.prod(self.image_shape)
-    elif split == TRAIN_SPLIT:  # Sizes unrecorded (mock data): nothing to hold.
-      splits = self.builder.info.splits
-      example_bytes = splits[split].num_bytes / count if split in splits else 0
+    if self.augmentation in ENCODED:  # Mock data records no sizes.
+      held = self.builder.info.splits[split].num_bytes if split in self.builder.info.splits else 0
     else:
-      example_bytes = 4 * self.image_size**2 * self.image_shape[-1]
-    return count * example_bytes <= defaults.CACHE_BYTES * process_count
+      held = self.num_examples(split) * math.prod(self.image_shape)
+    return held <= defaults.CACHE_BYTES * process_count
 
 
 def require_tfds(name: str) -> None:

@@ -63,16 +63,14 @@ def train_dataset(
   channels: int = 3,
   dtype: str = "float32",
   shuffle_buffer_size: int = defaults.SHUFFLE_BUFFER_SIZE,
-  cache: bool = False,
   num_threads: int | None = None,
 ) -> tf.data.Dataset:
   """The endless training pipeline (module docstring) over this process's `records`, `{"image": encoded bytes
-  or uint8, "label": int32}` in a fixed order; `cache` keeps them in memory after the first epoch."""
+  or uint8, "label": int32}` in a fixed order."""
   augment = preprocessing.AUGMENTATIONS[augmentation][0]
   batch_size = layout.per_process_batch_size
   start_epoch, start_offset = divmod(start_step, steps_per_epoch)
   base_key = tf.constant([seed, layout.process_index], tf.int64)
-  records = records.cache() if cache else records
   fold_in = tf.random.experimental.stateless_fold_in
 
   def epoch_examples(epoch):  # k_e = fold_in([seed, p], e): the shuffle and each example's seed.
@@ -92,10 +90,12 @@ def train_dataset(
   return _batches(dataset, layout, image_size, dtype, num_threads)
 
 
-def _records(source: tfds_data.TfdsSource, split: str, layout: sharding.ProcessLayout) -> tf.data.Dataset:
+def _records(source: tfds_data.TfdsSource, split: str, layout, cache: bool | None) -> tf.data.Dataset:
+  """This process's part of `split`, kept in memory after its first pass if `source.cached` says so."""
   index, count = layout.process_index, layout.process_count
   part = tfds.split_for_jax_process(split, process_index=index, process_count=count)
-  return read(source, part, encoded=source.augmentation in tfds_data.ENCODED)
+  records = read(source, part, encoded=source.augmentation in tfds_data.ENCODED)
+  return records.cache() if source.cached(split, cache, count) else records
 
 
 def train_iterator(source: tfds_data.TfdsSource, layout: sharding.ProcessLayout, **options):
@@ -105,8 +105,8 @@ def train_iterator(source: tfds_data.TfdsSource, layout: sharding.ProcessLayout,
     raise tfds_data.InputError("global_batch_size", "`global_batch_size` exceeds the training split.")
   channels, augmentation, size = source.image_shape[-1], source.augmentation, source.image_size
   options.update(steps_per_epoch=steps, augmentation=augmentation, image_size=size, channels=channels)
-  options["cache"] = source.cached(tfds_data.TRAIN_SPLIT, options["cache"], layout.process_count)
-  dataset = train_dataset(_records(source, tfds_data.TRAIN_SPLIT, layout), layout=layout, **options)
+  records = _records(source, tfds_data.TRAIN_SPLIT, layout, options.pop("cache"))
+  dataset = train_dataset(records, layout=layout, **options)
   return dataset.as_numpy_iterator()
 
 
@@ -120,8 +120,8 @@ def eval_dataset(source: tfds_data.TfdsSource, layout, *, dtype, crop_padding, c
     image = example["image"] if augment is None else augment(example["image"], size, crop_padding, channels)
     return {"image": image, "label": example["label"], "mask": tf.constant(True)}
 
-  dataset = _records(source, source.eval_split, layout).map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
-  dataset = dataset.cache() if source.cached(source.eval_split, cache, layout.process_count) else dataset
+  records = _records(source, source.eval_split, layout, cache)
+  dataset = records.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
   zeros = {key: tf.zeros(spec.shape, spec.dtype) for key, spec in dataset.element_spec.items()}
   num_batches = sharding.num_eval_batches(source.num_examples(source.eval_split), layout.global_batch_size)
   dataset = dataset.concatenate(tf.data.Dataset.from_tensors(zeros).repeat())

@@ -282,27 +282,20 @@ def test_bad_arguments_are_rejected_at_the_call(kwargs, argument):
 
 
 @pytest.mark.parametrize(
-  "fields,argument",
+  "name,fields,argument",
   [
-    ({"dataset": "digits", "augmentation": "bogus"}, "augmentation"),
-    ({"dataset": "mnist1d", "augmentation": "inception"}, "augmentation"),
-    ({"dataset": "digits", "crop_padding": -1000}, "crop_padding"),
-    ({"dataset": "digits", "crop_padding": 2.5}, "crop_padding"),
-    ({"dataset": "digits", "shuffle_buffer_size": 0}, "shuffle_buffer_size"),
-    ({"dataset": "digits", "image_size": 0}, "image_size"),
-    ({"dataset": 3}, "dataset"),
+    ("digits", {"augmentation": "bogus"}, "augmentation"),
+    ("mnist1d", {"augmentation": "inception"}, "augmentation"),
+    ("digits", {"image_size": 0}, "image_size"),
+    (3, {}, "dataset"),
   ],
 )
-def test_check_data_config_names_the_field(fields, argument):
+def test_get_dataset_info_names_the_field(name, fields, argument):
   with pytest.raises(input_pipeline.InputError) as error:
-    input_pipeline.check_data_config(**fields)
+    input_pipeline.get_dataset_info(name, **fields)
   assert error.value.argument == argument and f"`{argument}`" in str(error.value)
 
 
-def test_check_data_config_accepts_the_defaults():
-  info = input_pipeline.check_data_config("digits", augmentation="none", crop_padding=0)
-  assert (
-    info
-    == input_pipeline.get_dataset_info("digits")
-    == input_pipeline.DatasetInfo("digits", 10, (8, 8, 1), 1438, 359)
-  )
+def test_get_dataset_info_accepts_no_augmentation():
+  info = input_pipeline.get_dataset_info("digits", augmentation="none")
+  assert info == input_pipeline.get_dataset_info("digits") == ("digits", 10, (8, 8, 1), 1438, 359)

@@ -8,6 +8,7 @@ temporary directory (JPEGs of varying size; fixed-size grey PNGs).
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import input_pipeline_testing as testing
 import numpy as np
@@ -219,13 +220,17 @@ def test_a_cached_split_is_read_from_its_files_once(tmp_path, cache):
 
 
 def test_the_cache_holds_what_fits_in_cache_bytes(monkeypatch, tiny_dir, grey_dir):
-  """Held: the encoded training records and float32 evaluation crops (JPEGs), the decoded images (PNGs)."""
+  """Held: the encoded examples (JPEGs: their files less TFRecord's 16 bytes of framing per record), the
+  decoded images (fixed-size PNGs)."""
   jpeg = tfds_data.open_source(TINY, tiny_dir, None, 16)
   grey = tfds_data.open_source(f"{testing.GREY_NAME}/small", grey_dir, None, None)
-  train_bytes = jpeg.builder.info.splits["train"].num_bytes
+
+  def records_bytes(split: str, count: int) -> int:
+    return sum(path.stat().st_size for path in Path(tiny_dir).rglob(f"*-{split}.tfrecord*")) - 16 * count
+
   held = {
-    (jpeg, "train"): train_bytes,
-    (jpeg, "validation"): testing.NUM_EVAL * 16 * 16 * 3 * 4,
+    (jpeg, "train"): records_bytes("train", testing.NUM_TRAIN),
+    (jpeg, "validation"): records_bytes("validation", testing.NUM_EVAL),
     (grey, "train"): testing.GREY_SIZES["small"][0] * 28 * 28,
     (grey, "test"): testing.GREY_SIZES["small"][1] * 28 * 28,
   }
@@ -259,7 +264,6 @@ def test_missing_tfds_extra_is_one_line_naming_the_install(monkeypatch, tmp_path
   monkeypatch.setitem(sys.modules, missing, None)  # what an install without the extra looks like.
   calls = [
     lambda: input_pipeline.get_dataset_info("cifar10", data_dir=str(tmp_path)),
-    lambda: input_pipeline.check_data_config("cifar10", data_dir=str(tmp_path)),
     lambda: input_pipeline.train_iterator("cifar10", data_dir=str(tmp_path), global_batch_size=8, seed=0),
     lambda: input_pipeline.eval_dataset("cifar10", data_dir=str(tmp_path), global_batch_size=8),
   ]
@@ -278,7 +282,7 @@ def test_unprepared_data_set_fails_fast_without_tensorflow(tmp_path):
     import sys
     import input_pipeline
     try:
-      input_pipeline.check_data_config("cifar10", data_dir={str(tmp_path)!r})
+      input_pipeline.get_dataset_info("cifar10", data_dir={str(tmp_path)!r})
     except input_pipeline.InputError as error:
       print(error.argument)
     assert "tensorflow" not in sys.modules, "imported TensorFlow"
@@ -300,13 +304,13 @@ def test_augmentation_choice_is_validated(tiny_dir, grey_dir):
   ]
   for name, data_dir, augmentation in cases:
     with pytest.raises(input_pipeline.InputError) as error:
-      input_pipeline.check_data_config(name, data_dir=data_dir, augmentation=augmentation)
+      input_pipeline.get_dataset_info(name, data_dir=data_dir, augmentation=augmentation)
     assert error.value.argument == "augmentation"
     with pytest.raises(input_pipeline.InputError):
       input_pipeline.train_iterator(
         name, data_dir=data_dir, global_batch_size=8, seed=0, augmentation=augmentation
       )
-  info = input_pipeline.check_data_config(
+  info = input_pipeline.get_dataset_info(
     grey, data_dir=grey_dir, augmentation="inception_unfused", image_size=16
   )
   assert info.image_shape == (16, 16, 1)

@@ -211,6 +211,7 @@ BAD_VALUES = [
   ("num_epochs", 1e9),
   ("num_train_steps", 0),
   ("crop_padding", -1000),
+  ("shuffle_buffer_size", 0),
   ("seed", -1),
   ("eval_every_steps", -3_000_000_000),
   ("eval_batch_size", 100),

@@ -23,7 +23,8 @@ _INT_RANGES = {
   **dict.fromkeys(("log_every_steps", "keep_checkpoints", "num_train_steps", "prefetch_batches"), (1, _I32)),
   "preemption_sync_every_steps": (1, _I32),
   **dict.fromkeys(("diagnostics_every_steps", "checkpoint_every_steps"), (0, _I32)),
-  **dict.fromkeys(("steps_per_eval", "max_consecutive_skips", "seed"), (0, _I32)),
+  **dict.fromkeys(("steps_per_eval", "max_consecutive_skips", "seed", "crop_padding"), (0, _I32)),
+  "shuffle_buffer_size": (1, _I32),
   "eval_every_steps": (-_I32, _I32),  # -n: every n epochs.
 }
 _SENTINELS = {"eval_batch_size": None, "num_train_steps": -1, "steps_per_eval": -1}
@@ -116,9 +117,9 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> i
     )
   if eval_batch is not None and eval_batch % num_devices:
     raise ConfigError(f"config.eval_batch_size={eval_batch} must be divisible by the {num_devices} devices.")
-  fields = ("data_dir", "image_size", "augmentation", "crop_padding", "shuffle_buffer_size")
+  fields = ("data_dir", "image_size", "augmentation")
   with library_errors(config):  # `input_pipeline.InputError.argument` is the field's name.
-    info = input_pipeline.check_data_config(config.dataset, **{field: config[field] for field in fields})
+    info = input_pipeline.get_dataset_info(config.dataset, **{field: config[field] for field in fields})
   if batch > info.num_train:
     raise ConfigError(f"config.batch_size={batch} is larger than the training split ({info.num_train}).")
   return info

@@ -96,7 +96,12 @@ class _TrainingRun:
       cache=config.cache,
       augmentation=config.augmentation,
     )
-    self._eval_data = None  # The evaluation split, opened once (a cached one is read from disk once).
+    self._eval_data = input_pipeline.eval_dataset(  # Opened once: a cached split is read from disk once.
+      config.dataset,
+      global_batch_size=run.eval_batch_size,
+      crop_padding=config.crop_padding,
+      **self._data_args,
+    )
 
   def _placed(self, batches):
     """``batches`` placed on the devices, ``config.prefetch_batches`` ahead of the step."""
@@ -104,13 +109,6 @@ class _TrainingRun:
 
   def evaluate(self, state: steps_lib.TrainState) -> dict[str, float]:
     """Top-1, top-5 and loss over the evaluation batches, counting only unmasked examples."""
-    if self._eval_data is None:
-      self._eval_data = input_pipeline.eval_dataset(
-        self.config.dataset,
-        global_batch_size=self.run.eval_batch_size,
-        crop_padding=self.config.crop_padding,
-        **self._data_args,
-      )
     batches = itertools.islice(self._eval_data, self.run.num_eval_steps)
     totals = None
     for batch in self._placed(batches):

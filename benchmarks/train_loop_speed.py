@@ -177,7 +177,12 @@ def measure(name: str, config, args) -> dict[str, float]:
     print(f"{name} round {round_index + 1}: ms per micro-batch {ms}", file=sys.stderr, flush=True)
   loop_step, bare = np.asarray(times["loop"]), np.asarray(times["bare"])
   medians = {"loop": np.median(loop_step), "bare": np.median(bare), "ratio": np.median(bare / loop_step)}
-  return {**medians, "k": k, "batch": config.batch_size}
+  return {
+    **medians,
+    "range": (min(bare / loop_step), max(bare / loop_step)),
+    "k": k,
+    "batch": config.batch_size,
+  }
 
 
 def main() -> None:
@@ -208,13 +213,14 @@ def main() -> None:
     f"{jax.device_count()} {jax.devices()[0].platform} device(s), jax {jax.__version__}; "
     f"{args.rounds} interleaved rounds of {args.steps} steps after step {args.start}; medians"
   )
-  print("ms per step (per micro-batch with k > 1); ratio: loop steps/s over bare steps/s")
-  print(f"{'case':<17} {'parallelism':<12} {'loop ms':>8} {'bare ms':>8} {'ratio':>6}")
+  print("ms per step (per micro-batch with k > 1); ratio: loop steps/s over bare steps/s (median, range)")
+  print(f"{'case':<17} {'parallelism':<12} {'loop ms':>8} {'bare ms':>8} {'ratio':>6} {'rounds':>12}")
   for name, (parallelism, result) in results.items():
     k = result["k"]
     unit = f"  (k={k}: per micro-batch of {result['batch'] // k})" if k > 1 else ""
     loop_ms, bare_ms = 1e3 * result["loop"], 1e3 * result["bare"]
-    print(f"{name:<17} {parallelism:<12} {loop_ms:>8.2f} {bare_ms:>8.2f} {result['ratio']:>6.3f}{unit}")
+    ratio, spread = result["ratio"], "{:.3f}-{:.3f}".format(*result["range"])
+    print(f"{name:<17} {parallelism:<12} {loop_ms:>8.2f} {bare_ms:>8.2f} {ratio:>6.3f} {spread:>12}{unit}")
 
 
 if __name__ == "__main__":
